@@ -1,0 +1,456 @@
+"""The six economic gates as one pure function. No I/O, no Redis: every caller shares this verdict.
+
+Every gate is evaluated and every failing reason returned in the fixed order of ``REASON_ORDER``;
+the first is the primary reason. Arithmetic is ``decimal.Decimal`` on the numbers as written
+(a float goes through its shortest ``repr``), and thresholds are compared by multiplication, not
+division, so a ratio that is exactly the threshold in decimal passes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
+from enum import Enum
+from typing import Any
+
+from core_kernel.mode import TradingMode
+
+
+class Reason(str, Enum):
+    INVALID_INPUT = "INVALID_INPUT"
+    STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
+    DUPLICATE_ORDER = "DUPLICATE_ORDER"
+    MIN_NOTIONAL = "MIN_NOTIONAL"
+    EDGE_TOO_SMALL = "EDGE_TOO_SMALL"
+    COOLDOWN = "COOLDOWN"
+    RATE_LIMIT = "RATE_LIMIT"
+    R_TOO_LOW = "R_TOO_LOW"
+    MODEL_REGIME_MISMATCH = "MODEL_REGIME_MISMATCH"
+    PASS = "PASS"
+
+
+class GateVerdict(str, Enum):
+    PASS = "PASS"
+    HOLD = "HOLD"
+
+
+#: Fail-closed codes first (nothing else can be trusted without them), then the six gates.
+REASON_ORDER: tuple[Reason, ...] = (
+    Reason.INVALID_INPUT,
+    Reason.STATE_UNAVAILABLE,
+    Reason.DUPLICATE_ORDER,
+    Reason.MIN_NOTIONAL,
+    Reason.EDGE_TOO_SMALL,
+    Reason.COOLDOWN,
+    Reason.RATE_LIMIT,
+    Reason.R_TOO_LOW,
+    Reason.MODEL_REGIME_MISMATCH,
+)
+
+# Enough digits that products and differences of bounded inputs are exact (see _MAX_DIGITS).
+_CTX = Context(prec=200, traps=[InvalidOperation, DivisionByZero, Overflow])
+_DISPLAY = Context(prec=12)
+_SIDES = {"BUY": 1, "LONG": 1, "SELL": -1, "SHORT": -1}
+_TRUE_TEXT = {"true", "1", "yes", "on"}
+
+
+def parse_allowed_models(text: str) -> dict[str, tuple[str, ...]]:
+    """``TREND:NHiTS,PatchTST;RANGE:XGBoost`` -> {"TREND": ("NHiTS", "PatchTST"), ...}."""
+    table: dict[str, tuple[str, ...]] = {}
+    for chunk in text.split(";"):
+        part = chunk.strip()
+        if not part:
+            continue
+        regime, sep, models = part.partition(":")
+        regime = regime.strip().upper()
+        if not sep or not regime:
+            raise ValueError(f"entry {part!r} must look like REGIME:model,model")
+        if regime in table:
+            raise ValueError(f"regime {regime} listed twice")
+        names = tuple(name.strip() for name in models.split(",") if name.strip())
+        table[regime] = names
+    if not table:
+        raise ValueError("no regime listed")
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class GateParams:
+    """The thresholds, derived once from the config (``KernelConfig.gate_params()``)."""
+
+    min_notional_usd: Decimal
+    edge_multiplier: Decimal
+    friction_rate: Decimal
+    min_hold_seconds: int
+    max_trades: int
+    rate_window_seconds: int
+    min_r_trend: Decimal
+    min_r_range: Decimal
+    min_r_other: Decimal | None
+    allowed_models: Mapping[str, tuple[str, ...]]
+    _allowed_cf: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _edge_factor: Decimal = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        allowed = {
+            regime.upper(): frozenset(m.casefold() for m in models)
+            for regime, models in self.allowed_models.items()
+        }
+        object.__setattr__(self, "_allowed_cf", allowed)
+        object.__setattr__(
+            self, "_edge_factor", _CTX.multiply(self.friction_rate, self.edge_multiplier)
+        )
+
+    def min_r_for(self, regime: str) -> Decimal | None:
+        if regime == "TREND":
+            return self.min_r_trend
+        if regime == "RANGE":
+            return self.min_r_range
+        return self.min_r_other
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_TEXT
+    if isinstance(value, int):
+        return value != 0
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A trade intent as received: fields stay raw until ``evaluate`` validates them."""
+
+    symbol: Any
+    side: Any
+    qty: Any
+    price: Any
+    expected_move_usd: Any = None
+    tp: Any = None
+    sl: Any = None
+    model: Any = None
+    regime: Any = None
+    leverage: Any = None
+    trace_id: Any = ""
+    reduce_only: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    FIELDS = (
+        "symbol",
+        "side",
+        "qty",
+        "price",
+        "expected_move_usd",
+        "tp",
+        "sl",
+        "model",
+        "regime",
+        "leverage",
+        "trace_id",
+        "reduce_only",
+    )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Intent:
+        """Build from a dict (JSON, stream fields); unknown fields are kept in ``extra``."""
+        known = {k: data[k] for k in cls.FIELDS if k in data}
+        if "reduce_only" in known:
+            known["reduce_only"] = _as_bool(known["reduce_only"])
+        known.setdefault("symbol", None)
+        known.setdefault("side", None)
+        known.setdefault("qty", None)
+        known.setdefault("price", None)
+        if known.get("trace_id") is None:
+            known["trace_id"] = ""
+        extra = {k: v for k, v in data.items() if k not in cls.FIELDS}
+        return cls(**known, extra=extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """The shared state the cooldown and rate gates need."""
+
+    seconds_since_last_trade: Decimal | None = None  # None: no trade recorded on the symbol
+    trades_in_window: int = 0
+    available: bool = True
+
+    @classmethod
+    def unavailable(cls) -> Situation:
+        return cls(None, 0, False)
+
+
+@dataclass(slots=True)
+class Decision:
+    """One verdict. Treat as read-only (not frozen only because frozen init costs ~1 us)."""
+
+    verdict: GateVerdict
+    reasons: tuple[Reason, ...]
+    primary: Reason
+    enforced: bool
+    mode: TradingMode
+    context: dict[str, Any]
+    replayed: bool = False
+
+    @property
+    def codes(self) -> list[str]:
+        return [r.value for r in self.reasons]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "reasons": self.codes,
+            "primary": self.primary.value,
+            "enforced": self.enforced,
+            "mode": self.mode.value,
+            "replayed": self.replayed,
+            "context": jsonable(self.context),
+        }
+
+
+_FMAX = 1e15
+_FMIN = 1e-30
+_SYMBOL = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def jsonable(value: Any) -> Any:
+    """Decimals as exact strings, enums as their values, recursively."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def to_decimal(value: object) -> Decimal | str:
+    """The number as written, or a short reason why it is not one."""
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            return "not finite"
+        if value and not _FMIN <= abs(value) < _FMAX:  # type: ignore[arg-type]
+            return "out of range"
+        return Decimal(repr(value))
+    if kind is str:
+        text = str(value).strip()
+        if not text:
+            return "missing"
+        if len(text) > 64:
+            return "too long"
+        try:
+            dec = Decimal(text)
+        except InvalidOperation:
+            return "not a number"
+    elif kind is int:
+        dec = Decimal(int(value))  # type: ignore[call-overload]
+    elif kind is Decimal:
+        dec = value  # type: ignore[assignment]
+        if len(dec.as_tuple().digits) > 64:
+            return "too many digits"
+    elif value is None:
+        return "missing"
+    elif isinstance(value, bool):
+        return "not a number (boolean)"
+    elif isinstance(value, (int, float, Decimal, str)):  # subclasses: take the plain value
+        base = Decimal if isinstance(value, Decimal) else (
+            int if isinstance(value, int) else float if isinstance(value, float) else str
+        )
+        return to_decimal(base(value))
+    else:
+        return f"not a number ({kind.__name__})"
+    if not dec.is_finite():
+        return "not finite"
+    # adjusted() is the exponent of the leading digit: a cheap magnitude test.
+    if dec and not -30 <= dec.adjusted() <= 14:
+        return "out of range"
+    return dec
+
+
+def _positive(name: str, raw: object, invalid: dict[str, str]) -> Decimal | None:
+    got = to_decimal(raw)
+    if type(got) is str:
+        invalid[name] = got
+        return None
+    if got <= 0:  # type: ignore[operator]
+        invalid[name] = "must be > 0"
+        return None
+    return got  # type: ignore[return-value]
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        stripped = value.strip()
+        return stripped or None
+    return None
+
+
+def evaluate(
+    intent: Intent,
+    situation: Situation,
+    params: GateParams,
+    mode: TradingMode,
+) -> Decision:
+    """Judge one intent. Never raises for any field value."""
+    invalid: dict[str, str] = {}
+    failed: set[Reason] = set()
+    ctx: dict[str, Any] = {}
+    exit_only = bool(intent.reduce_only)
+
+    symbol = _text(intent.symbol)
+    if symbol is None or _SYMBOL.fullmatch(symbol) is None:
+        invalid["symbol"] = "missing" if symbol is None else "not a symbol ([A-Za-z0-9._:/-]{1,64})"
+    side_text = _text(intent.side)
+    side_up = side_text.upper() if side_text else None
+    direction = _SIDES.get(side_up) if side_up else None
+    if direction is None:
+        invalid["side"] = "missing" if side_text is None else "unknown side"
+
+    qty = _positive("qty", intent.qty, invalid)
+    price = _positive("price", intent.price, invalid)
+    if intent.leverage is not None and intent.leverage != "":
+        _positive("leverage", intent.leverage, invalid)
+
+    ctx["mode"] = mode.value
+    ctx["reduce_only"] = exit_only
+    if intent.trace_id:
+        ctx["trace_id"] = str(intent.trace_id)
+    if symbol is not None:
+        ctx["symbol"] = symbol
+    if side_up is not None:
+        ctx["side"] = side_up
+
+    if not exit_only:
+        move_raw = to_decimal(intent.expected_move_usd)
+        move: Decimal | None = None
+        if isinstance(move_raw, str):
+            invalid["expected_move_usd"] = move_raw
+        else:
+            move = move_raw
+        tp = _positive("tp", intent.tp, invalid)
+        sl = _positive("sl", intent.sl, invalid)
+        if direction is not None and price is not None:
+            if tp is not None and (tp - price) * direction <= 0:
+                invalid["tp"] = "on the wrong side of price for " + ctx["side"]
+                tp = None
+            if sl is not None and (price - sl) * direction <= 0:
+                invalid["sl"] = "on the wrong side of price for " + ctx["side"]
+                sl = None
+        model = _text(intent.model)
+        regime_text = _text(intent.regime)
+        regime = regime_text.upper() if regime_text else None
+        if model is None:
+            invalid["model"] = "missing"
+        if regime is None:
+            invalid["regime"] = "missing"
+
+        # 1. notional
+        notional: Decimal | None = None
+        if qty is not None and price is not None:
+            notional = _CTX.multiply(price, qty)
+            ctx["notional_usd"] = notional
+            ctx["min_notional_usd"] = params.min_notional_usd
+            if notional < params.min_notional_usd:
+                failed.add(Reason.MIN_NOTIONAL)
+        # 2. edge vs friction
+        if notional is not None and move is not None:
+            friction = _CTX.multiply(notional, params.friction_rate)
+            required = _CTX.multiply(notional, params._edge_factor)
+            ctx["expected_move_usd"] = move
+            ctx["friction_usd"] = friction
+            ctx["required_edge_usd"] = required
+            if move < required:
+                failed.add(Reason.EDGE_TOO_SMALL)
+        # 3./4. shared state
+        if not situation.available:
+            failed.add(Reason.STATE_UNAVAILABLE)
+        else:
+            since = situation.seconds_since_last_trade
+            ctx["seconds_since_last_trade"] = since
+            ctx["min_hold_seconds"] = params.min_hold_seconds
+            if since is not None and since < params.min_hold_seconds:
+                failed.add(Reason.COOLDOWN)
+            ctx["trades_in_window"] = situation.trades_in_window
+            ctx["max_trades"] = params.max_trades
+            if situation.trades_in_window >= params.max_trades:
+                failed.add(Reason.RATE_LIMIT)
+        # 5. reward / risk
+        if price is not None and tp is not None and sl is not None and regime is not None:
+            reward = abs(_CTX.subtract(tp, price))
+            risk = abs(_CTX.subtract(price, sl))
+            ctx["r"] = _DISPLAY.divide(reward, risk)
+            min_r = params.min_r_for(regime)
+            ctx["min_r"] = min_r
+            if min_r is not None and reward < _CTX.multiply(min_r, risk):
+                failed.add(Reason.R_TOO_LOW)
+        # 6. model for regime
+        if model is not None and regime is not None:
+            ctx["model"] = model
+            ctx["regime"] = regime
+            allowed = params._allowed_cf.get(regime, frozenset())
+            ctx["allowed_models"] = params.allowed_models.get(regime, ())
+            if model.casefold() not in allowed:
+                failed.add(Reason.MODEL_REGIME_MISMATCH)
+    elif qty is not None and price is not None:
+        ctx["notional_usd"] = _CTX.multiply(price, qty)
+
+    if invalid:
+        failed.add(Reason.INVALID_INPUT)
+        ctx["invalid_fields"] = invalid
+    reasons = tuple(r for r in REASON_ORDER if r in failed) if failed else ()
+    enforce = mode is not TradingMode.LIVE
+    if Reason.INVALID_INPUT in failed or (enforce and reasons):
+        verdict = GateVerdict.HOLD
+    else:
+        verdict = GateVerdict.PASS
+    ctx["reasons"] = [r.value for r in reasons] if reasons else []
+    ctx["enforced"] = enforce
+    return Decision(
+        verdict=verdict,
+        reasons=reasons,
+        primary=reasons[0] if reasons else Reason.PASS,
+        enforced=enforce,
+        mode=mode,
+        context=ctx,
+    )
+
+
+def log_fields(decision: Decision) -> list[tuple[str, object]]:
+    """The key=value fields of the GATE_* log line for a decision."""
+    c = decision.context
+    fields: list[tuple[str, object]] = [
+        ("trace_id", c.get("trace_id")),
+        ("symbol", c.get("symbol")),
+        ("side", c.get("side")),
+        ("verdict", decision.verdict),
+        ("primary", decision.primary),
+        ("reasons", decision.codes or ["PASS"]),
+        ("mode", decision.mode),
+        ("enforced", decision.enforced),
+        ("replayed", decision.replayed),
+    ]
+    for key in ("notional_usd", "required_edge_usd", "expected_move_usd", "r", "min_r"):
+        if key in c:
+            fields.append((key, c[key]))
+    for key in ("model", "regime", "seconds_since_last_trade", "trades_in_window"):
+        if key in c:
+            fields.append((key, c[key]))
+    if "invalid_fields" in c:
+        fields.append(("invalid", [f"{k}:{v}" for k, v in c["invalid_fields"].items()]))
+    return fields
+
+
+def log_event(decision: Decision) -> str:
+    """GATE_AUDIT for LIVE with would-be reasons, else GATE_PASS / GATE_HOLD."""
+    if decision.verdict is GateVerdict.HOLD:
+        return "GATE_HOLD"
+    if not decision.enforced and decision.reasons:
+        return "GATE_AUDIT"
+    return "GATE_PASS"

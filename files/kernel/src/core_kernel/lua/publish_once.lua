@@ -1,0 +1,16 @@
+-- Idempotent publish: the dedup key and the stream entry exist together or not at all.
+-- KEYS[1] dedup key, KEYS[2] stream; ARGV[1] ttl seconds, ARGV[2] maxlen (0 = no trim),
+-- ARGV[3..] field, value pairs. Returns the new entry id, or false for a duplicate.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return false
+end
+local maxlen = tonumber(ARGV[2])
+local id
+if maxlen and maxlen > 0 then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 3))
+else
+  id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+-- Remember which entry the key belongs to (same TTL), for forensics.
+redis.call('SET', KEYS[1], id, 'KEEPTTL')
+return id
