@@ -24,7 +24,9 @@ from core_kernel.gates import GateParams, parse_allowed_models
 DEFAULT_PATH = Path("/etc/quantum/core_gates.env")
 PATH_ENV_VAR = "CORE_GATES_ENV"
 
-DEFAULT_ALLOWED_MODELS = "TREND:NHiTS,PatchTST;RANGE:XGBoost,LightGBM;HIGH_VOL:XGBoost;LOW_VOL:PatchTST"
+DEFAULT_ALLOWED_MODELS = (
+    "TREND:NHiTS,PatchTST;RANGE:XGBoost,LightGBM;HIGH_VOL:XGBoost;LOW_VOL:PatchTST"
+)
 
 
 class ConfigError(Exception):
@@ -243,22 +245,23 @@ def load_config(
     errors: list[str] = []
     values: dict[str, str] = {}
     explicit = path is not None or bool(env.get(PATH_ENV_VAR))
+    label = "--config" if path is not None else PATH_ENV_VAR
     file_path = resolve_path(path, env)
     if file_path is not None:
         try:
             text = file_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             if explicit:
-                errors.append(f"{PATH_ENV_VAR}={file_path}: config file does not exist")
+                errors.append(f"{label}={file_path}: config file does not exist")
         except (OSError, UnicodeDecodeError) as exc:
-            errors.append(f"{PATH_ENV_VAR}={file_path}: cannot read config file: {exc}")
+            errors.append(f"{label}={file_path}: cannot read config file: {exc}")
         else:
             file_values, file_errors = parse_env_file(text, source=str(file_path))
             values.update(file_values)
             errors.extend(file_errors)
     values.update({key: env[key] for key in KNOWN_KEYS if key in env})
     try:
-        config = KernelConfig(**values)
+        config = KernelConfig(**values)  # type: ignore[arg-type]  # text, validated here
     except ValidationError as exc:
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else "?"

@@ -1,4 +1,4 @@
-"""One line per event, ``EVENT key=value key=value``, so ``grep GATE`` and log shippers both work."""
+"""One line per event, ``EVENT key=value ...``, so ``grep GATE`` and log shippers both work."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 MODE_KEYS = ("TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET")
 
@@ -12,7 +12,7 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-class TradingMode(str, Enum):
+class TradingMode(StrEnum):
     TESTNET = "TESTNET"
     LIVE = "LIVE"
     UNKNOWN = "UNKNOWN"

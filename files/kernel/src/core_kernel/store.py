@@ -25,9 +25,9 @@ from core_kernel.gates import Decision, GateVerdict, Intent, Reason, Situation
 from core_kernel.log import kv
 from core_kernel.mode import ModeReport, TradingMode
 from core_kernel.streams import (
+    _SCRIPTS,
     DEDUP_TTL_SECONDS,
     DEFAULT_PREFIX,
-    _SCRIPTS,
     _s,
     client_order_id,
     order_dedup_key,
@@ -160,12 +160,20 @@ class KernelStore:
             # The key holds something admit did not write (e.g. the old two-step dedup "1"):
             # someone already claimed this order. Never place it again from here.
             decision = gates.evaluate(intent, Situation(), self.params, self.mode)
-            reasons = tuple(r for r in gates.REASON_ORDER if r in {*decision.reasons,
-                                                                     Reason.DUPLICATE_ORDER})
+            reasons = tuple(
+                r for r in gates.REASON_ORDER if r in {*decision.reasons, Reason.DUPLICATE_ORDER}
+            )
             decision.context["stored_decision"] = stored[:100]
             decision.context["reasons"] = [r.value for r in reasons]
-            return Decision(GateVerdict.HOLD, reasons, reasons[0], decision.enforced,
-                            decision.mode, decision.context, replayed=True)
+            return Decision(
+                GateVerdict.HOLD,
+                reasons,
+                reasons[0],
+                decision.enforced,
+                decision.mode,
+                decision.context,
+                replayed=True,
+            )
         decision = gates.evaluate(intent, situation, self.params, self.mode)
         stored_verdict = GateVerdict.PASS if verdict_code == "P" else GateVerdict.HOLD
         decision.replayed = replayed
@@ -188,8 +196,15 @@ def _force(decision: Decision, *, invalid: bool) -> Decision:
     if invalid and Reason.INVALID_INPUT not in reasons:
         reasons = (Reason.INVALID_INPUT, *reasons)
     decision.context["reasons"] = [r.value for r in reasons]
-    return Decision(GateVerdict.HOLD, reasons, reasons[0], decision.enforced, decision.mode,
-                    decision.context, decision.replayed)
+    return Decision(
+        GateVerdict.HOLD,
+        reasons,
+        reasons[0],
+        decision.enforced,
+        decision.mode,
+        decision.context,
+        decision.replayed,
+    )
 
 
 def _log_decision(decision: Decision) -> None:

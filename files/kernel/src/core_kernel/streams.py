@@ -41,9 +41,7 @@ def load_lua(name: str) -> str:
 
 def make_client(url: str, *, socket_timeout: float | None = 5.0, **kwargs: Any) -> redis.Redis:
     """A decoded client; pass ``socket_timeout=None`` (or > block time) for long blocking reads."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=socket_timeout, **kwargs
-    )
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout, **kwargs)
 
 
 def _s(value: Any) -> str:
@@ -103,7 +101,7 @@ class _Scripts:
     """Scripts registered per client (EVALSHA, with EVAL fallback on NOSCRIPT)."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, Any] = {}
+        self._cache: dict[int, tuple[redis.Redis, dict[str, Any]]] = {}
 
     def get(self, client: redis.Redis, name: str) -> Any:
         key = id(client)
@@ -163,9 +161,7 @@ def claim_order(
     """
     if not trace_id:
         raise ValueError("trace_id: missing")
-    return bool(
-        client.set(order_dedup_key(trace_id, key_prefix), value, nx=True, ex=ttl_seconds)
-    )
+    return bool(client.set(order_dedup_key(trace_id, key_prefix), value, nx=True, ex=ttl_seconds))
 
 
 # --- consumer side ------------------------------------------------------------------------------

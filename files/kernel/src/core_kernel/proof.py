@@ -1,0 +1,292 @@
+"""Gate proof harness: one case per reason code, each where only that gate fails, plus a valid
+trade, a LIVE audit case and a malformed input - through the real ``admit`` on a real Redis,
+under keys of their own (``quantum:proof:<random>:``) that are removed afterwards.
+
+Case inputs are derived from the configured thresholds, so the proof checks the gates as
+deployed; a threshold that makes a case impossible (e.g. ``MIN_NOTIONAL_USD=0``) fails it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import redis
+
+from core_kernel.config import KernelConfig
+from core_kernel.gates import Decision, GateVerdict, Intent, Reason
+from core_kernel.mode import TradingMode, report_for
+from core_kernel.store import KernelStore
+
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class CaseResult:
+    name: str
+    description: str
+    expected_verdict: str
+    expected_reasons: list[str]
+    verdict: str = ""
+    reasons: list[str] = field(default_factory=list)
+    ok: bool = False
+    note: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scan_delete(client: redis.Redis, prefix: str) -> int:
+    deleted = 0
+    batch: list[Any] = []
+    for key in client.scan_iter(match=f"{prefix}*", count=500):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += int(client.delete(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.delete(*batch))
+    return deleted
+
+
+class _Builder:
+    """Inputs that pass every gate under the config; cases change one thing."""
+
+    def __init__(self, config: KernelConfig) -> None:
+        p = config.gate_params()
+        self.p = p
+        self.qty = Decimal("0.01")
+        k = max(
+            Decimal(1),
+            (p.min_notional_usd * Decimal("1.4") / 35).to_integral_value(rounding=ROUND_CEILING),
+        )
+        self.price = Decimal(3500) * k
+        notional = self.price * self.qty
+        required = notional * p.friction_rate * p.edge_multiplier
+        self.move = max(
+            Decimal(250), (required * 2).quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+        )
+        self.risk = Decimal(35) * k
+        trend = p.allowed_models.get("TREND", ())
+        rng = p.allowed_models.get("RANGE", ())
+        self.trend_model = trend[0] if trend else "NHiTS"
+        self.range_model = rng[0] if rng else "XGBoost"
+        self.wrong_trend_model = next(
+            (
+                m
+                for m in ("XGBoost", "LightGBM", "NoSuchModel")
+                if m.casefold() not in {x.casefold() for x in trend}
+            ),
+            "NoSuchModel",
+        )
+
+    def intent(self, trace: str, symbol: str = "ETHUSDT", **over: Any) -> Intent:
+        regime = over.pop("regime", "TREND")
+        r = over.pop("r", None)
+        if r is None:
+            min_r = self.p.min_r_for(regime)
+            r = min_r if min_r is not None else Decimal(3)
+        price = over.pop("price", self.price)
+        risk = over.pop("risk", self.risk)
+        fields: dict[str, Any] = {
+            "symbol": symbol,
+            "side": "BUY",
+            "qty": self.qty,
+            "price": price,
+            "expected_move_usd": self.move,
+            "tp": price + r * risk,
+            "sl": price - risk,
+            "model": self.trend_model if regime == "TREND" else self.range_model,
+            "regime": regime,
+            "leverage": 5,
+            "trace_id": trace,
+        }
+        fields.update(over)
+        return Intent(**fields)
+
+
+def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
+    p = b.p
+
+    def single(intent: Intent) -> Any:
+        return lambda store, clock: store.admit(intent)
+
+    small_qty = (p.min_notional_usd * Decimal("0.4") / Decimal(100000)).normalize()
+    yield (
+        "MIN_NOTIONAL",
+        f"notional {small_qty * 100000} < {p.min_notional_usd}",
+        "HOLD",
+        [Reason.MIN_NOTIONAL],
+        single(
+            b.intent(
+                "p-notional", "BTCUSDT", qty=small_qty, price=Decimal(100000), risk=Decimal(1000)
+            )
+        ),
+    )
+    notional = b.price * b.qty
+    required = notional * p.friction_rate * p.edge_multiplier
+    yield (
+        "EDGE_TOO_SMALL",
+        f"expected move {required / 2} < required {required}",
+        "HOLD",
+        [Reason.EDGE_TOO_SMALL],
+        single(b.intent("p-edge", expected_move_usd=required / 2)),
+    )
+
+    def cooldown(store: KernelStore, clock: _Clock) -> Decision:
+        first = store.admit(b.intent("p-cool-1", "SOLUSDT"))
+        if first.verdict is not GateVerdict.PASS:
+            raise RuntimeError(f"setup trade held: {first.codes}")
+        clock.now += 1
+        return store.admit(b.intent("p-cool-2", "SOLUSDT"))
+
+    yield (
+        "COOLDOWN",
+        f"second SOLUSDT trade 1 s after the first (< {p.min_hold_seconds} s)",
+        "HOLD",
+        [Reason.COOLDOWN],
+        cooldown,
+    )
+
+    def rate(store: KernelStore, clock: _Clock) -> Decision:
+        for i in range(p.max_trades):
+            store.record_trade(f"RATE{i}USDT")
+            clock.now += 1
+        return store.admit(b.intent("p-rate", "XRPUSDT"))
+
+    yield (
+        "RATE_LIMIT",
+        f"{p.max_trades} trades already in the window",
+        "HOLD",
+        [Reason.RATE_LIMIT],
+        rate,
+    )
+    r_trend = p.min_r_trend * Decimal("0.8")
+    yield (
+        "R_TOO_LOW_TREND",
+        f"R={r_trend} < MIN_R_TREND={p.min_r_trend}",
+        "HOLD",
+        [Reason.R_TOO_LOW],
+        single(b.intent("p-r-trend", r=r_trend)),
+    )
+    r_range = p.min_r_range * Decimal("0.8")
+    yield (
+        "R_TOO_LOW_RANGE",
+        f"R={r_range} < MIN_R_RANGE={p.min_r_range}",
+        "HOLD",
+        [Reason.R_TOO_LOW],
+        single(b.intent("p-r-range", regime="RANGE", r=r_range)),
+    )
+    yield (
+        "MODEL_REGIME_MISMATCH",
+        f"{b.wrong_trend_model} in TREND",
+        "HOLD",
+        [Reason.MODEL_REGIME_MISMATCH],
+        single(b.intent("p-model", model=b.wrong_trend_model)),
+    )
+    yield (
+        "VALID_TRADE",
+        f"notional {notional}, R={p.min_r_trend} exactly, {b.trend_model} in TREND",
+        "PASS",
+        [],
+        single(b.intent("p-valid")),
+    )
+    yield (
+        "LIVE_AUDIT",
+        "LIVE: small notional and wrong model pass, reasons reported",
+        "PASS",
+        [Reason.MIN_NOTIONAL, Reason.MODEL_REGIME_MISMATCH],
+        (
+            "LIVE",
+            b.intent(
+                "p-live",
+                "BTCUSDT",
+                qty=small_qty,
+                price=Decimal(100000),
+                risk=Decimal(1000),
+                model=b.wrong_trend_model,
+            ),
+        ),
+    )
+    yield (
+        "MALFORMED_INPUT",
+        "qty=NaN",
+        "HOLD",
+        [Reason.INVALID_INPUT],
+        single(b.intent("p-malformed", qty="NaN")),
+    )
+
+
+def run_proof(client: redis.Redis, config: KernelConfig) -> list[CaseResult]:
+    """Run every case on its own key prefix; always removes the keys it made."""
+    run_id = uuid.uuid4().hex[:12]
+    root = f"quantum:proof:{run_id}:"
+    results: list[CaseResult] = []
+    builder = _Builder(config)
+    try:
+        for index, (name, desc, verdict, reasons, spec) in enumerate(_cases(builder)):
+            res = CaseResult(name, desc, verdict, [r.value for r in reasons])
+            clock = _Clock()
+            prefix = f"{root}{index}:"
+            mode = TradingMode.TESTNET
+            action = spec
+            if isinstance(spec, tuple):
+                mode = TradingMode(spec[0])
+
+                def run(store: KernelStore, _clock: _Clock, _i: Intent = spec[1]) -> Decision:
+                    return store.admit(_i)
+
+                action = run
+            store = KernelStore(client, config, report_for(mode), clock=clock, key_prefix=prefix)
+            try:
+                decision = action(store, clock)
+            except (RuntimeError, redis.ResponseError) as exc:
+                res.note = f"setup failed: {exc}"
+            else:
+                res.verdict = decision.verdict.value
+                res.reasons = decision.codes
+                res.context = decision.to_dict()["context"]
+                res.ok = res.verdict == verdict and res.reasons == res.expected_reasons
+                if name == "MALFORMED_INPUT":
+                    named = "qty" in decision.context.get("invalid_fields", {})
+                    res.ok = res.ok and named
+                    res.note = "names field qty" if named else "field qty not named"
+            results.append(res)
+    finally:
+        _scan_delete(client, root)
+    return results
+
+
+def render_table(results: list[CaseResult]) -> str:
+    rows = [("CASE", "EXPECTED", "GOT", "OK", "INPUT")]
+    for r in results:
+        exp = r.expected_verdict + (
+            f" ({','.join(r.expected_reasons)})" if r.expected_reasons else ""
+        )
+        got = (r.verdict or "-") + (f" ({','.join(r.reasons)})" if r.reasons else "")
+        rows.append(
+            (
+                r.name,
+                exp,
+                got,
+                "ok" if r.ok else "FAIL",
+                r.description + (f" [{r.note}]" if r.note else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    ]
+    passed = sum(r.ok for r in results)
+    lines.append(f"GATE PROOF: {passed}/{len(results)} cases gave exactly the expected reasons")
+    return "\n".join(lines)
