@@ -5,12 +5,17 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return false
 end
 local maxlen = tonumber(ARGV[2])
-local id
+local res
 if maxlen and maxlen > 0 then
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 3))
+  res = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 3))
 else
-  id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+  res = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+if type(res) == 'table' and res.err then
+  -- Scripts are not rolled back on error: undo the key ourselves so a retry can publish.
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(res.err)
 end
 -- Remember which entry the key belongs to (same TTL), for forensics.
-redis.call('SET', KEYS[1], id, 'KEEPTTL')
-return id
+redis.call('SET', KEYS[1], res, 'KEEPTTL')
+return res

@@ -1,0 +1,33 @@
+"""Small builders shared by the tests (no fixtures here; those live in conftest.py)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from core_kernel.config import KernelConfig, load_config
+from core_kernel.gates import Intent
+
+
+def config(**overrides: Any) -> KernelConfig:
+    """Defaults plus overrides given by env key, e.g. config(MAX_TRADES_10MIN=5)."""
+    return load_config(environ={k: str(v) for k, v in overrides.items()})
+
+
+def valid(**over: Any) -> Intent:
+    """An entry that passes every gate with the default config (notional 35, R = 2.5 exactly)."""
+    fields: dict[str, Any] = {
+        "symbol": "ETHUSDT",
+        "side": "BUY",
+        "qty": Decimal("0.01"),
+        "price": Decimal("3500"),
+        "expected_move_usd": Decimal("250"),
+        "tp": Decimal("3587.5"),
+        "sl": Decimal("3465"),
+        "model": "NHiTS",
+        "regime": "TREND",
+        "leverage": 5,
+        "trace_id": "t-1",
+    }
+    fields.update(over)
+    return Intent(**fields)

@@ -1,0 +1,301 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core_kernel.gates import (
+    REASON_ORDER,
+    GateVerdict,
+    Intent,
+    Reason,
+    Situation,
+    evaluate,
+    log_event,
+    log_fields,
+    to_decimal,
+)
+from core_kernel.log import kv
+from core_kernel.mode import TradingMode
+from helpers import config, valid
+
+PARAMS = config().gate_params()
+T, L, U = TradingMode.TESTNET, TradingMode.LIVE, TradingMode.UNKNOWN
+
+
+def run(intent: Intent, situation: Situation | None = None, mode: TradingMode = T) -> Any:
+    return evaluate(intent, situation or Situation(), PARAMS, mode)
+
+
+def test_valid_trade_passes() -> None:
+    d = run(valid())
+    assert d.verdict is GateVerdict.PASS
+    assert d.reasons == ()
+    assert d.primary is Reason.PASS
+    assert d.enforced
+    assert d.context["notional_usd"] == Decimal("35.00")
+    assert d.context["r"] == Decimal("2.5")
+
+
+@pytest.mark.parametrize(
+    ("over", "situation", "reason"),
+    [
+        ({"qty": Decimal("0.0001"), "price": Decimal(100000), "tp": Decimal(102500),
+          "sl": Decimal(99000)}, None, Reason.MIN_NOTIONAL),
+        ({"expected_move_usd": Decimal("0.2"), }, None, Reason.EDGE_TOO_SMALL),
+        ({}, Situation(Decimal(299), 0), Reason.COOLDOWN),
+        ({}, Situation(None, 3), Reason.RATE_LIMIT),
+        ({"tp": Decimal(3570)}, None, Reason.R_TOO_LOW),
+        ({"regime": "RANGE", "model": "XGBoost", "tp": Decimal(3552)}, None, Reason.R_TOO_LOW),
+        ({"model": "XGBoost"}, None, Reason.MODEL_REGIME_MISMATCH),
+    ],
+)
+def test_each_gate_alone(over: dict[str, Any], situation: Situation | None,
+                         reason: Reason) -> None:
+    d = run(valid(**over), situation)
+    assert d.verdict is GateVerdict.HOLD
+    assert d.reasons == (reason,)
+    assert d.primary is reason
+
+
+def test_all_failing_reasons_in_fixed_order() -> None:
+    d = run(
+        valid(qty=Decimal("0.0001"), price=Decimal(100000), tp=Decimal(100100),
+              sl=Decimal(99900), expected_move_usd=Decimal("0.01"), model="XGBoost"),
+        Situation(Decimal(1), 5),
+    )
+    assert d.reasons == (
+        Reason.MIN_NOTIONAL,
+        Reason.EDGE_TOO_SMALL,
+        Reason.COOLDOWN,
+        Reason.RATE_LIMIT,
+        Reason.R_TOO_LOW,
+        Reason.MODEL_REGIME_MISMATCH,
+    )
+    assert d.primary is Reason.MIN_NOTIONAL
+    assert d.context["reasons"] == [r.value for r in d.reasons]
+    assert list(d.reasons) == sorted(d.reasons, key=REASON_ORDER.index)
+
+
+def test_float_ratio_exact_at_threshold_passes_in_decimal() -> None:
+    # In binary floats (0.125-0.1)/(0.1-0.09) = 2.4999999999999973 < 2.5.
+    assert abs(0.125 - 0.1) / abs(0.1 - 0.09) < 2.5
+    d = run(valid(qty=1000, price=0.1, tp=0.125, sl=0.09))
+    assert d.reasons == ()
+    assert d.context["r"] == Decimal("2.5")
+
+
+def test_other_regimes_have_no_r_gate_by_default_but_configurable() -> None:
+    intent = valid(regime="HIGH_VOL", model="XGBoost", tp=Decimal(3501))
+    assert run(intent).reasons == ()
+    strict = config(MIN_R_OTHER="1.5").gate_params()
+    assert evaluate(intent, Situation(), strict, T).reasons == (Reason.R_TOO_LOW,)
+
+
+def test_unknown_regime_allows_no_model() -> None:
+    assert run(valid(regime="SIDEWAYS")).reasons == (Reason.MODEL_REGIME_MISMATCH,)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"qty": None}, "qty"),
+        ({"qty": 0}, "qty"),
+        ({"qty": -1}, "qty"),
+        ({"qty": float("nan")}, "qty"),
+        ({"qty": "inf"}, "qty"),
+        ({"qty": "abc"}, "qty"),
+        ({"qty": True}, "qty"),
+        ({"price": 0}, "price"),
+        ({"price": [1]}, "price"),
+        ({"sl": 3600}, "sl"),
+        ({"sl": 3500}, "sl"),
+        ({"tp": 3400}, "tp"),
+        ({"side": "HOLD"}, "side"),
+        ({"side": None}, "side"),
+        ({"model": ""}, "model"),
+        ({"regime": " "}, "regime"),
+        ({"symbol": ""}, "symbol"),
+        ({"expected_move_usd": None}, "expected_move_usd"),
+        ({"leverage": 0}, "leverage"),
+        ({"qty": "1e400"}, "qty"),
+    ],
+)
+@pytest.mark.parametrize("mode", [T, L, U])
+def test_malformed_input_holds_in_every_mode(over: dict[str, Any], field: str,
+                                             mode: TradingMode) -> None:
+    d = run(valid(**over), mode=mode)
+    assert d.verdict is GateVerdict.HOLD
+    assert d.primary is Reason.INVALID_INPUT
+    assert field in d.context["invalid_fields"]
+
+
+def test_sell_side_geometry() -> None:
+    d = run(valid(side="SELL", tp=Decimal("3412.5"), sl=Decimal("3535")))
+    assert d.reasons == ()
+    bad = run(valid(side="SELL"))  # BUY geometry on a SELL
+    assert bad.primary is Reason.INVALID_INPUT
+    assert set(bad.context["invalid_fields"]) == {"tp", "sl"}
+
+
+def test_live_is_audit_only() -> None:
+    d = run(valid(model="XGBoost", qty=Decimal("0.001")), mode=L)
+    assert d.verdict is GateVerdict.PASS
+    assert not d.enforced
+    assert d.reasons == (Reason.MIN_NOTIONAL, Reason.MODEL_REGIME_MISMATCH)
+    assert log_event(d) == "GATE_AUDIT"
+
+
+def test_unknown_mode_enforces() -> None:
+    d = run(valid(model="XGBoost"), mode=U)
+    assert d.verdict is GateVerdict.HOLD
+    assert d.enforced
+
+
+def test_state_unavailable_holds_when_enforcing_only() -> None:
+    held = run(valid(), Situation.unavailable())
+    assert held.verdict is GateVerdict.HOLD
+    assert held.reasons == (Reason.STATE_UNAVAILABLE,)
+    audit = run(valid(), Situation.unavailable(), mode=L)
+    assert audit.verdict is GateVerdict.PASS
+    assert audit.reasons == (Reason.STATE_UNAVAILABLE,)
+
+
+def test_reduce_only_exit_bypasses_entry_gates_but_is_validated() -> None:
+    exit_intent = valid(reduce_only=True, qty=Decimal("0.0001"), model="nope", tp=None,
+                        sl=None, expected_move_usd=None, regime=None)
+    d = run(exit_intent, Situation(Decimal(1), 99))
+    assert d.verdict is GateVerdict.PASS
+    assert d.reasons == ()
+    bad = run(valid(reduce_only=True, qty="x"), Situation(Decimal(1), 99))
+    assert bad.verdict is GateVerdict.HOLD
+    assert bad.reasons == (Reason.INVALID_INPUT,)
+    # state being unavailable does not strand an exit either
+    assert run(exit_intent, Situation.unavailable()).verdict is GateVerdict.PASS
+
+
+def test_intent_from_mapping_parses_reduce_only_and_keeps_extra() -> None:
+    i = Intent.from_mapping({"symbol": "X", "reduce_only": "true", "confidence": "0.8"})
+    assert i.reduce_only is True
+    assert i.extra == {"confidence": "0.8"}
+    assert Intent.from_mapping({"reduce_only": "false"}).reduce_only is False
+
+
+def test_log_line_is_one_key_value_line() -> None:
+    d = run(valid(model="bad model\nname"))
+    line = kv(log_event(d), log_fields(d))
+    assert line.startswith("GATE_HOLD ")
+    assert "\n" not in line
+    assert "reasons=MODEL_REGIME_MISMATCH" in line
+    assert 'model="bad model\\nname"' in line
+    assert kv("GATE_PASS", log_fields(run(valid()))).count("reasons=PASS") == 1
+
+
+def test_to_decimal_keeps_numbers_as_written() -> None:
+    assert to_decimal(0.1) == Decimal("0.1")
+    assert to_decimal("3587.50") == Decimal("3587.50")
+    assert to_decimal(7) == Decimal(7)
+    assert to_decimal(float("inf")) == "not finite"
+    assert to_decimal("1" * 70) == "too long"
+
+
+# ---------------------------------------------------------------------------------------------
+# properties
+
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.text(max_size=80),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    symbol=anything, side=st.one_of(anything, st.sampled_from(["BUY", "SELL", "buy"])),
+    qty=anything, price=anything, move=anything, tp=anything, sl=anything,
+    model=anything, regime=anything, leverage=anything, reduce_only=st.booleans(),
+    mode=st.sampled_from(list(TradingMode)),
+    since=st.one_of(st.none(), st.decimals(min_value=0, max_value=10**6, places=3)),
+    count=st.integers(min_value=0, max_value=100), available=st.booleans(),
+)
+def test_never_raises_and_invalid_always_holds(**kw: Any) -> None:
+    intent = Intent(kw["symbol"], kw["side"], kw["qty"], kw["price"], kw["move"], kw["tp"],
+                    kw["sl"], kw["model"], kw["regime"], kw["leverage"], "t",
+                    kw["reduce_only"])
+    d = evaluate(intent, Situation(kw["since"], kw["count"], kw["available"]), PARAMS,
+                 kw["mode"])
+    if Reason.INVALID_INPUT in d.reasons:
+        assert d.verdict is GateVerdict.HOLD
+    if d.verdict is GateVerdict.PASS and kw["mode"] is not TradingMode.LIVE:
+        assert d.reasons == ()
+    assert d.primary is (d.reasons[0] if d.reasons else Reason.PASS)
+    d.to_dict()  # JSON-ready whatever came in
+
+
+positive = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(100000), places=4)
+ratio = st.decimals(min_value=Decimal("0.1"), max_value=Decimal(20), places=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(price=positive, risk_frac=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.9"),
+                                             places=3), r1=ratio, r2=ratio)
+def test_r_is_monotonic_in_reward(price: Decimal, risk_frac: Decimal, r1: Decimal,
+                                  r2: Decimal) -> None:
+    risk = price * risk_frac
+    lo, hi = sorted((r1, r2))
+    fails_hi = Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk,
+                                             tp=price + hi * risk)).reasons
+    fails_lo = Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk,
+                                             tp=price + lo * risk)).reasons
+    assert not (fails_hi and not fails_lo)  # more reward never turns a pass into R_TOO_LOW
+
+
+@settings(max_examples=300, deadline=None)
+@given(price=positive, risk_frac=st.decimals(min_value=Decimal("0.001"),
+                                             max_value=Decimal("0.9"), places=3),
+       min_r=ratio, regime=st.sampled_from(["TREND", "RANGE"]))
+def test_r_threshold_inclusive_and_exact(price: Decimal, risk_frac: Decimal, min_r: Decimal,
+                                         regime: str) -> None:
+    params = config(MIN_R_TREND=min_r, MIN_R_RANGE=min_r).gate_params()
+    risk = price * risk_frac
+    model = "NHiTS" if regime == "TREND" else "XGBoost"
+    at = valid(price=price, sl=price - risk, tp=price + min_r * risk, regime=regime,
+               model=model)
+    assert Reason.R_TOO_LOW not in evaluate(at, Situation(), params, T).reasons
+    tiny = Decimal("1e-12")
+    below = valid(price=price, sl=price - risk, tp=price + min_r * risk - tiny,
+                  regime=regime, model=model)
+    assert Reason.R_TOO_LOW in evaluate(below, Situation(), params, T).reasons
+
+
+@settings(max_examples=200, deadline=None)
+@given(qty=positive, price=positive)
+def test_notional_and_edge_thresholds_inclusive(qty: Decimal, price: Decimal) -> None:
+    notional = qty * price
+    params = config(MIN_NOTIONAL_USD=notional).gate_params()
+    required = notional * params.friction_rate * params.edge_multiplier
+    intent = valid(qty=qty, price=price, sl=price / 2, tp=price * 3, expected_move_usd=required)
+    reasons = evaluate(intent, Situation(), params, T).reasons
+    assert Reason.MIN_NOTIONAL not in reasons
+    assert Reason.EDGE_TOO_SMALL not in reasons
+    less = valid(qty=qty, price=price, sl=price / 2, tp=price * 3,
+                 expected_move_usd=required - Decimal("1e-20"))
+    assert Reason.EDGE_TOO_SMALL in evaluate(less, Situation(), params, T).reasons
+
+
+@given(hold=st.integers(min_value=0, max_value=10**6), max_trades=st.integers(1, 50))
+def test_cooldown_and_rate_thresholds_inclusive(hold: int, max_trades: int) -> None:
+    params = config(MIN_HOLD_SECONDS=hold, MAX_TRADES_10MIN=max_trades).gate_params()
+    ok = evaluate(valid(), Situation(Decimal(hold), max_trades - 1), params, T)
+    assert ok.reasons == ()
+    since = max(Decimal(hold) - Decimal("0.001"), Decimal(0))
+    blocked = evaluate(valid(), Situation(since, max_trades), params, T)
+    expected = {Reason.RATE_LIMIT} | ({Reason.COOLDOWN} if hold > 0 else set())
+    assert set(blocked.reasons) == expected

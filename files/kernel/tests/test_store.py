@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core_kernel.gates import GateVerdict, Reason, Situation, evaluate
+from core_kernel.mode import TradingMode
+from core_kernel.store import KernelStore
+from helpers import config, valid
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(client: redis.Redis, mode: TradingMode = TradingMode.TESTNET, **cfg: Any) -> Any:
+    clock = Clock()
+    return KernelStore(client, config(**cfg), mode, clock=clock), clock
+
+
+def test_admit_records_and_cooldown_applies(redis_client: redis.Redis) -> None:
+    store, clock = make(redis_client)
+    first = store.admit(valid(trace_id="a"))
+    assert first.verdict is GateVerdict.PASS
+    assert first.replayed is False
+    assert redis_client.get("quantum:kernel:last_trade:ETHUSDT") == "1800000000000"
+    clock.now += 299.999
+    held = store.admit(valid(trace_id="b"))
+    assert held.reasons == (Reason.COOLDOWN,)
+    assert held.context["seconds_since_last_trade"] == Decimal("299.999")
+    clock.now += 0.001  # exactly MIN_HOLD_SECONDS later: inclusive
+    assert store.admit(valid(trace_id="c")).verdict is GateVerdict.PASS
+
+
+def test_redelivered_intent_replays_without_recording(redis_client: redis.Redis) -> None:
+    store, clock = make(redis_client)
+    first = store.admit(valid(trace_id="dup"))
+    clock.now += 1
+    again = store.admit(valid(trace_id="dup"))
+    assert again.replayed is True
+    assert again.verdict is GateVerdict.PASS
+    assert redis_client.zcard("quantum:kernel:trades") == 1
+    assert first.context["client_order_id"] == again.context["client_order_id"] == "dup"
+    ttl = redis_client.ttl("quantum:dedup:order:dup")
+    assert 86300 < ttl <= 86400
+
+
+def test_held_intent_stays_held_on_replay(redis_client: redis.Redis) -> None:
+    store, clock = make(redis_client)
+    store.record_trade("ETHUSDT")
+    held = store.admit(valid(trace_id="h"))
+    assert held.reasons == (Reason.COOLDOWN,)
+    clock.now += 10_000  # cooldown long over
+    replay = store.admit(valid(trace_id="h"))
+    assert replay.replayed
+    assert replay.verdict is GateVerdict.HOLD
+    assert replay.reasons == (Reason.COOLDOWN,)
+
+
+def test_foreign_order_key_value_is_a_duplicate_hold(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client)
+    redis_client.set("quantum:dedup:order:old", "1", ex=100)
+    d = store.admit(valid(trace_id="old"))
+    assert d.verdict is GateVerdict.HOLD
+    assert d.replayed
+    assert d.primary is Reason.DUPLICATE_ORDER
+
+
+def test_rate_window_slides(redis_client: redis.Redis) -> None:
+    store, clock = make(redis_client)
+    for i, sym in enumerate(["AUSDT", "BUSDT", "CUSDT"]):
+        assert store.admit(valid(symbol=sym, trace_id=f"r{i}")).verdict is GateVerdict.PASS
+        clock.now += 1
+    assert store.admit(valid(symbol="DUSDT", trace_id="r3")).reasons == (Reason.RATE_LIMIT,)
+    clock.now += 597  # first trade now exactly 600 s old: out of the window
+    assert store.admit(valid(symbol="DUSDT", trace_id="r4")).verdict is GateVerdict.PASS
+    assert store.situation("EUSDT").trades_in_window == 3
+
+
+def test_live_records_passes_and_audits(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client, TradingMode.LIVE)
+    assert store.admit(valid(trace_id="l1")).verdict is GateVerdict.PASS
+    second = store.admit(valid(trace_id="l2"))
+    assert second.verdict is GateVerdict.PASS
+    assert second.reasons == (Reason.COOLDOWN,)
+    assert not second.enforced
+    bad = store.admit(valid(trace_id="l3", qty="NaN"))
+    assert bad.verdict is GateVerdict.HOLD
+
+
+def test_reduce_only_exit_not_blocked_and_not_recorded(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client)
+    store.record_trade("ETHUSDT")
+    d = store.admit(valid(trace_id="x", reduce_only=True))
+    assert d.verdict is GateVerdict.PASS
+    assert redis_client.zcard("quantum:kernel:trades") == 1
+
+
+def test_missing_trace_id_holds(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client)
+    d = store.admit(valid(trace_id=""))
+    assert d.verdict is GateVerdict.HOLD
+    assert "trace_id" in d.context["invalid_fields"]
+    assert redis_client.dbsize() == 0
+
+
+def test_invalid_input_hold_is_stored(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client)
+    assert store.admit(valid(trace_id="bad", sl=9999)).primary is Reason.INVALID_INPUT
+    assert redis_client.get("quantum:dedup:order:bad", ).startswith("H|")
+
+
+def test_redis_down_is_state_unavailable() -> None:
+    # No retries: redis-py 8 retries with backoff by default, seconds per call when down.
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
+                         retry=Retry(NoBackoff(), 0))
+    store = KernelStore(client, config(), TradingMode.TESTNET)
+    d = store.admit(valid(trace_id="z"))
+    assert d.verdict is GateVerdict.HOLD
+    assert d.reasons == (Reason.STATE_UNAVAILABLE,)
+    live = KernelStore(client, config(), TradingMode.LIVE).admit(valid(trace_id="z"))
+    assert live.verdict is GateVerdict.PASS
+    assert live.reasons == (Reason.STATE_UNAVAILABLE,)
+    assert store.evaluate(valid()).reasons == (Reason.STATE_UNAVAILABLE,)
+
+
+def test_key_prefix_isolates(redis_client: redis.Redis) -> None:
+    a = KernelStore(redis_client, config(), TradingMode.TESTNET, key_prefix="quantum:proof:a:")
+    b = KernelStore(redis_client, config(), TradingMode.TESTNET, key_prefix="quantum:proof:b:")
+    assert a.admit(valid(trace_id="same")).verdict is GateVerdict.PASS
+    assert b.admit(valid(trace_id="same")).replayed is False
+    assert not redis_client.exists("quantum:kernel:trades")
+
+
+def test_two_step_api(redis_client: redis.Redis) -> None:
+    store, clock = make(redis_client)
+    assert store.evaluate(valid()).verdict is GateVerdict.PASS
+    assert store.record_trade("ETHUSDT") == 1
+    assert store.evaluate(valid()).reasons == (Reason.COOLDOWN,)
+    with pytest.raises(ValueError, match="symbol"):
+        store.record_trade(" ")
+
+
+@pytest.mark.parametrize("workers", [20])
+def test_concurrent_admits_never_exceed_the_rate_limit(redis_url: str, workers: int) -> None:
+    """20 workers, each with its own connection, admit distinct symbols at the same moment."""
+    results: list[GateVerdict] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(workers)
+
+    def worker(n: int) -> None:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        store = KernelStore(client, config(), TradingMode.TESTNET)
+        barrier.wait()
+        for k in range(5):
+            d = store.admit(valid(symbol=f"S{n}K{k}USDT", trace_id=f"w{n}-{k}"))
+            with lock:
+                results.append(d.verdict)
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == workers * 5
+    assert results.count(GateVerdict.PASS) == 3
+    check = redis.Redis.from_url(redis_url)
+    assert check.zcard("quantum:kernel:trades") == 3
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    since_ms=st.one_of(st.none(), st.integers(min_value=0, max_value=700_000)),
+    trades=st.integers(min_value=0, max_value=5),
+    mode=st.sampled_from(list(TradingMode)),
+    model=st.sampled_from(["NHiTS", "XGBoost"]),
+    reduce_only=st.booleans(),
+)
+def test_lua_state_gates_agree_with_pure_evaluate(
+    redis_client: redis.Redis, since_ms: int | None, trades: int, mode: TradingMode,
+    model: str, reduce_only: bool,
+) -> None:
+    redis_client.flushdb()
+    store, clock = make(redis_client, mode)
+    now_ms = int(clock.now * 1000)
+    for i in range(trades):
+        redis_client.zadd("quantum:kernel:trades", {f"m{i}": now_ms - 1000 * (i + 1)})
+    if since_ms is not None:
+        redis_client.set("quantum:kernel:last_trade:ETHUSDT", now_ms - since_ms)
+    intent = valid(trace_id="p", model=model, reduce_only=reduce_only)
+    expected = evaluate(
+        intent,
+        Situation(None if since_ms is None else Decimal(since_ms) / 1000, trades),
+        store.params,
+        mode,
+    )
+    got = store.admit(intent)
+    assert got.verdict is expected.verdict
+    assert got.reasons == expected.reasons
+    assert "recomputed_verdict" not in got.context
+    recorded = redis_client.zcard("quantum:kernel:trades") == trades + 1
+    assert recorded is (got.verdict is GateVerdict.PASS and not reduce_only)

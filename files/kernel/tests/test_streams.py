@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core_kernel import streams
+from core_kernel.gates import Intent
+from helpers import valid
+
+BINANCE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_client_order_id_always_valid_and_deterministic(trace_id: str) -> None:
+    cid = streams.client_order_id(trace_id)
+    assert BINANCE.match(cid)
+    assert cid == streams.client_order_id(trace_id)
+
+
+def test_client_order_id_readable_when_possible_and_distinct() -> None:
+    assert streams.client_order_id("BTCUSDT_1768646023.04_0.87") == "BTCUSDT_1768646023.04_0.87"
+    long = "x" * 37
+    assert streams.client_order_id(long).startswith("qk-")
+    assert streams.client_order_id("a b") != streams.client_order_id("a_b")
+    # an id that looks like our hash form is hashed too, so it cannot collide with one
+    assert streams.client_order_id("qk-abc") != "qk-abc"
+
+
+def test_encode_decode_roundtrip() -> None:
+    intent = valid(trace_id="t", reduce_only=True, extra={"confidence": "0.9"})
+    fields = streams.encode_intent(intent)
+    assert fields["qty"] == "0.01"
+    assert fields["reduce_only"] == "true"
+    back = streams.decode_intent({k.encode(): v.encode() for k, v in fields.items()})
+    assert back.trace_id == "t"
+    assert back.reduce_only is True
+    assert back.extra == {"confidence": "0.9"}
+    assert streams.encode_intent({"price": 0.1, "x": None}) == {"price": "0.1"}
+
+
+def test_publish_once_is_atomic_and_idempotent(redis_client: redis.Redis) -> None:
+    first = streams.publish_intent_once(redis_client, valid(trace_id="T1"))
+    assert first is not None
+    assert streams.publish_intent_once(redis_client, valid(trace_id="T1")) is None
+    assert redis_client.xlen(streams.STREAM) == 1
+    key = "quantum:dedup:trade_intent:T1"
+    assert 86300 < redis_client.ttl(key) <= 86400
+    assert redis_client.get(key) == first
+    with pytest.raises(ValueError, match="trace_id"):
+        streams.publish_intent_once(redis_client, {"symbol": "X"})
+
+
+def test_publish_failure_leaves_no_dedup_key(redis_client: redis.Redis) -> None:
+    redis_client.set(streams.STREAM, "not a stream")
+    with pytest.raises(redis.ResponseError):
+        streams.publish_intent_once(redis_client, valid(trace_id="T2"))
+    # XADD failed after the SET NX: the script removed the key again, so a retry can publish
+    assert redis_client.exists("quantum:dedup:trade_intent:T2") == 0
+    redis_client.delete(streams.STREAM)
+    assert streams.publish_intent_once(redis_client, valid(trace_id="T2")) is not None
+
+
+def test_claim_order_set_nx_ex(redis_client: redis.Redis) -> None:
+    assert streams.claim_order(redis_client, "o1") is True
+    assert streams.claim_order(redis_client, "o1") is False
+    assert 86300 < redis_client.ttl("quantum:dedup:order:o1") <= 86400
+
+
+def test_consumer_helpers(redis_client: redis.Redis) -> None:
+    assert streams.ensure_group(redis_client) is True
+    assert streams.ensure_group(redis_client) is False
+    for i in range(3):
+        streams.publish_intent_once(redis_client, valid(trace_id=f"c{i}"))
+    got = streams.read_new(redis_client, "w1", block_ms=100, count=2)
+    assert [e.fields["trace_id"] for e in got] == ["c0", "c1"]
+    assert got[0].intent().trace_id == "c0"
+    assert [e.id for e in streams.read_own_pending(redis_client, "w1")] == [g.id for g in got]
+    assert streams.ack(redis_client, got[0].id) == 1
+    assert len(streams.read_own_pending(redis_client, "w1")) == 1
+    time.sleep(0.03)
+    claim = streams.self_claim(redis_client, "w2", min_idle_ms=20)
+    assert claim.next_cursor == "0-0"
+    assert [e.fields["trace_id"] for e in claim.entries] == ["c1"]
+    rid = streams.publish_result(redis_client, {"trace_id": "c1", "status": "ok", "x": None})
+    assert redis_client.xrange(streams.RESULT_STREAM)[0] == (rid, {"trace_id": "c1",
+                                                                    "status": "ok"})
+
+
+def test_read_new_refuses_block_beyond_socket_timeout(redis_url: str) -> None:
+    client = streams.make_client(redis_url)  # 5 s socket timeout, as redis-py 8 defaults
+    with pytest.raises(ValueError, match="socket_timeout"):
+        streams.read_new(client, "w", block_ms=5000)
+    patient = streams.make_client(redis_url, socket_timeout=None)
+    streams.ensure_group(patient)
+    assert streams.read_new(patient, "w", block_ms=50) == []
+
+
+def test_works_with_bytes_and_resp2(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    streams.ensure_group(client)
+    streams.publish_intent_once(client, Intent.from_mapping({"trace_id": "b1", "symbol": "X"}))
+    [entry] = streams.read_new(client, "w", block_ms=None)
+    assert entry.fields == {"trace_id": "b1", "symbol": "X", "reduce_only": "false"}
