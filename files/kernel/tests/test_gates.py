@@ -4,6 +4,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from helpers import config, valid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from core_kernel.gates import (
 )
 from core_kernel.log import kv
 from core_kernel.mode import TradingMode
-from helpers import config, valid
 
 PARAMS = config().gate_params()
 T, L, U = TradingMode.TESTNET, TradingMode.LIVE, TradingMode.UNKNOWN
@@ -43,9 +43,23 @@ def test_valid_trade_passes() -> None:
 @pytest.mark.parametrize(
     ("over", "situation", "reason"),
     [
-        ({"qty": Decimal("0.0001"), "price": Decimal(100000), "tp": Decimal(102500),
-          "sl": Decimal(99000)}, None, Reason.MIN_NOTIONAL),
-        ({"expected_move_usd": Decimal("0.2"), }, None, Reason.EDGE_TOO_SMALL),
+        (
+            {
+                "qty": Decimal("0.0001"),
+                "price": Decimal(100000),
+                "tp": Decimal(102500),
+                "sl": Decimal(99000),
+            },
+            None,
+            Reason.MIN_NOTIONAL,
+        ),
+        (
+            {
+                "expected_move_usd": Decimal("0.2"),
+            },
+            None,
+            Reason.EDGE_TOO_SMALL,
+        ),
         ({}, Situation(Decimal(299), 0), Reason.COOLDOWN),
         ({}, Situation(None, 3), Reason.RATE_LIMIT),
         ({"tp": Decimal(3570)}, None, Reason.R_TOO_LOW),
@@ -53,8 +67,7 @@ def test_valid_trade_passes() -> None:
         ({"model": "XGBoost"}, None, Reason.MODEL_REGIME_MISMATCH),
     ],
 )
-def test_each_gate_alone(over: dict[str, Any], situation: Situation | None,
-                         reason: Reason) -> None:
+def test_each_gate_alone(over: dict[str, Any], situation: Situation | None, reason: Reason) -> None:
     d = run(valid(**over), situation)
     assert d.verdict is GateVerdict.HOLD
     assert d.reasons == (reason,)
@@ -63,8 +76,14 @@ def test_each_gate_alone(over: dict[str, Any], situation: Situation | None,
 
 def test_all_failing_reasons_in_fixed_order() -> None:
     d = run(
-        valid(qty=Decimal("0.0001"), price=Decimal(100000), tp=Decimal(100100),
-              sl=Decimal(99900), expected_move_usd=Decimal("0.01"), model="XGBoost"),
+        valid(
+            qty=Decimal("0.0001"),
+            price=Decimal(100000),
+            tp=Decimal(100100),
+            sl=Decimal(99900),
+            expected_move_usd=Decimal("0.01"),
+            model="XGBoost",
+        ),
         Situation(Decimal(1), 5),
     )
     assert d.reasons == (
@@ -125,8 +144,9 @@ def test_unknown_regime_allows_no_model() -> None:
     ],
 )
 @pytest.mark.parametrize("mode", [T, L, U])
-def test_malformed_input_holds_in_every_mode(over: dict[str, Any], field: str,
-                                             mode: TradingMode) -> None:
+def test_malformed_input_holds_in_every_mode(
+    over: dict[str, Any], field: str, mode: TradingMode
+) -> None:
     d = run(valid(**over), mode=mode)
     assert d.verdict is GateVerdict.HOLD
     assert d.primary is Reason.INVALID_INPUT
@@ -165,8 +185,15 @@ def test_state_unavailable_holds_when_enforcing_only() -> None:
 
 
 def test_reduce_only_exit_bypasses_entry_gates_but_is_validated() -> None:
-    exit_intent = valid(reduce_only=True, qty=Decimal("0.0001"), model="nope", tp=None,
-                        sl=None, expected_move_usd=None, regime=None)
+    exit_intent = valid(
+        reduce_only=True,
+        qty=Decimal("0.0001"),
+        model="nope",
+        tp=None,
+        sl=None,
+        expected_move_usd=None,
+        regime=None,
+    )
     d = run(exit_intent, Situation(Decimal(1), 99))
     assert d.verdict is GateVerdict.PASS
     assert d.reasons == ()
@@ -218,19 +245,38 @@ anything = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(
-    symbol=anything, side=st.one_of(anything, st.sampled_from(["BUY", "SELL", "buy"])),
-    qty=anything, price=anything, move=anything, tp=anything, sl=anything,
-    model=anything, regime=anything, leverage=anything, reduce_only=st.booleans(),
+    symbol=anything,
+    side=st.one_of(anything, st.sampled_from(["BUY", "SELL", "buy"])),
+    qty=anything,
+    price=anything,
+    move=anything,
+    tp=anything,
+    sl=anything,
+    model=anything,
+    regime=anything,
+    leverage=anything,
+    reduce_only=st.booleans(),
     mode=st.sampled_from(list(TradingMode)),
     since=st.one_of(st.none(), st.decimals(min_value=0, max_value=10**6, places=3)),
-    count=st.integers(min_value=0, max_value=100), available=st.booleans(),
+    count=st.integers(min_value=0, max_value=100),
+    available=st.booleans(),
 )
 def test_never_raises_and_invalid_always_holds(**kw: Any) -> None:
-    intent = Intent(kw["symbol"], kw["side"], kw["qty"], kw["price"], kw["move"], kw["tp"],
-                    kw["sl"], kw["model"], kw["regime"], kw["leverage"], "t",
-                    kw["reduce_only"])
-    d = evaluate(intent, Situation(kw["since"], kw["count"], kw["available"]), PARAMS,
-                 kw["mode"])
+    intent = Intent(
+        kw["symbol"],
+        kw["side"],
+        kw["qty"],
+        kw["price"],
+        kw["move"],
+        kw["tp"],
+        kw["sl"],
+        kw["model"],
+        kw["regime"],
+        kw["leverage"],
+        "t",
+        kw["reduce_only"],
+    )
+    d = evaluate(intent, Situation(kw["since"], kw["count"], kw["available"]), PARAMS, kw["mode"])
     if Reason.INVALID_INPUT in d.reasons:
         assert d.verdict is GateVerdict.HOLD
     if d.verdict is GateVerdict.PASS and kw["mode"] is not TradingMode.LIVE:
@@ -244,34 +290,45 @@ ratio = st.decimals(min_value=Decimal("0.1"), max_value=Decimal(20), places=3)
 
 
 @settings(max_examples=300, deadline=None)
-@given(price=positive, risk_frac=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.9"),
-                                             places=3), r1=ratio, r2=ratio)
-def test_r_is_monotonic_in_reward(price: Decimal, risk_frac: Decimal, r1: Decimal,
-                                  r2: Decimal) -> None:
+@given(
+    price=positive,
+    risk_frac=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.9"), places=3),
+    r1=ratio,
+    r2=ratio,
+)
+def test_r_is_monotonic_in_reward(
+    price: Decimal, risk_frac: Decimal, r1: Decimal, r2: Decimal
+) -> None:
     risk = price * risk_frac
     lo, hi = sorted((r1, r2))
-    fails_hi = Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk,
-                                             tp=price + hi * risk)).reasons
-    fails_lo = Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk,
-                                             tp=price + lo * risk)).reasons
+    fails_hi = (
+        Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk, tp=price + hi * risk)).reasons
+    )
+    fails_lo = (
+        Reason.R_TOO_LOW in run(valid(price=price, sl=price - risk, tp=price + lo * risk)).reasons
+    )
     assert not (fails_hi and not fails_lo)  # more reward never turns a pass into R_TOO_LOW
 
 
 @settings(max_examples=300, deadline=None)
-@given(price=positive, risk_frac=st.decimals(min_value=Decimal("0.001"),
-                                             max_value=Decimal("0.9"), places=3),
-       min_r=ratio, regime=st.sampled_from(["TREND", "RANGE"]))
-def test_r_threshold_inclusive_and_exact(price: Decimal, risk_frac: Decimal, min_r: Decimal,
-                                         regime: str) -> None:
+@given(
+    price=positive,
+    risk_frac=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.9"), places=3),
+    min_r=ratio,
+    regime=st.sampled_from(["TREND", "RANGE"]),
+)
+def test_r_threshold_inclusive_and_exact(
+    price: Decimal, risk_frac: Decimal, min_r: Decimal, regime: str
+) -> None:
     params = config(MIN_R_TREND=min_r, MIN_R_RANGE=min_r).gate_params()
     risk = price * risk_frac
     model = "NHiTS" if regime == "TREND" else "XGBoost"
-    at = valid(price=price, sl=price - risk, tp=price + min_r * risk, regime=regime,
-               model=model)
+    at = valid(price=price, sl=price - risk, tp=price + min_r * risk, regime=regime, model=model)
     assert Reason.R_TOO_LOW not in evaluate(at, Situation(), params, T).reasons
     tiny = Decimal("1e-12")
-    below = valid(price=price, sl=price - risk, tp=price + min_r * risk - tiny,
-                  regime=regime, model=model)
+    below = valid(
+        price=price, sl=price - risk, tp=price + min_r * risk - tiny, regime=regime, model=model
+    )
     assert Reason.R_TOO_LOW in evaluate(below, Situation(), params, T).reasons
 
 
@@ -285,8 +342,13 @@ def test_notional_and_edge_thresholds_inclusive(qty: Decimal, price: Decimal) ->
     reasons = evaluate(intent, Situation(), params, T).reasons
     assert Reason.MIN_NOTIONAL not in reasons
     assert Reason.EDGE_TOO_SMALL not in reasons
-    less = valid(qty=qty, price=price, sl=price / 2, tp=price * 3,
-                 expected_move_usd=required - Decimal("1e-20"))
+    less = valid(
+        qty=qty,
+        price=price,
+        sl=price / 2,
+        tp=price * 3,
+        expected_move_usd=required - Decimal("1e-20"),
+    )
     assert Reason.EDGE_TOO_SMALL in evaluate(less, Situation(), params, T).reasons
 
 

@@ -8,10 +8,14 @@ from core_kernel.mode import TradingMode, detect_mode
 @pytest.mark.parametrize(
     ("env", "mode"),
     [
-        ({"TRADING_MODE": "TESTNET", "BINANCE_TESTNET": "true", "USE_BINANCE_TESTNET": "true"},
-         TradingMode.TESTNET),
-        ({"TRADING_MODE": "LIVE", "BINANCE_TESTNET": "false", "USE_BINANCE_TESTNET": "false"},
-         TradingMode.LIVE),
+        (
+            {"TRADING_MODE": "TESTNET", "BINANCE_TESTNET": "true", "USE_BINANCE_TESTNET": "true"},
+            TradingMode.TESTNET,
+        ),
+        (
+            {"TRADING_MODE": "LIVE", "BINANCE_TESTNET": "false", "USE_BINANCE_TESTNET": "false"},
+            TradingMode.LIVE,
+        ),
         ({"TRADING_MODE": "testnet"}, TradingMode.TESTNET),
         ({"BINANCE_TESTNET": "1"}, TradingMode.TESTNET),
         ({}, TradingMode.UNKNOWN),

@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from helpers import config, valid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core_kernel.gates import GateVerdict, Reason, Situation, evaluate
 from core_kernel.mode import TradingMode
 from core_kernel.store import KernelStore
-from helpers import config, valid
 
 
 class Clock:
@@ -119,13 +119,16 @@ def test_missing_trace_id_holds(redis_client: redis.Redis) -> None:
 def test_invalid_input_hold_is_stored(redis_client: redis.Redis) -> None:
     store, _ = make(redis_client)
     assert store.admit(valid(trace_id="bad", sl=9999)).primary is Reason.INVALID_INPUT
-    assert redis_client.get("quantum:dedup:order:bad", ).startswith("H|")
+    assert redis_client.get(
+        "quantum:dedup:order:bad",
+    ).startswith("H|")
 
 
 def test_redis_down_is_state_unavailable() -> None:
     # No retries: redis-py 8 retries with backoff by default, seconds per call when down.
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     store = KernelStore(client, config(), TradingMode.TESTNET)
     d = store.admit(valid(trace_id="z"))
     assert d.verdict is GateVerdict.HOLD
@@ -145,7 +148,7 @@ def test_key_prefix_isolates(redis_client: redis.Redis) -> None:
 
 
 def test_two_step_api(redis_client: redis.Redis) -> None:
-    store, clock = make(redis_client)
+    store, _clock = make(redis_client)
     assert store.evaluate(valid()).verdict is GateVerdict.PASS
     assert store.record_trade("ETHUSDT") == 1
     assert store.evaluate(valid()).reasons == (Reason.COOLDOWN,)
@@ -181,8 +184,9 @@ def test_concurrent_admits_never_exceed_the_rate_limit(redis_url: str, workers: 
     assert check.zcard("quantum:kernel:trades") == 3
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     since_ms=st.one_of(st.none(), st.integers(min_value=0, max_value=700_000)),
     trades=st.integers(min_value=0, max_value=5),
@@ -191,8 +195,12 @@ def test_concurrent_admits_never_exceed_the_rate_limit(redis_url: str, workers: 
     reduce_only=st.booleans(),
 )
 def test_lua_state_gates_agree_with_pure_evaluate(
-    redis_client: redis.Redis, since_ms: int | None, trades: int, mode: TradingMode,
-    model: str, reduce_only: bool,
+    redis_client: redis.Redis,
+    since_ms: int | None,
+    trades: int,
+    mode: TradingMode,
+    model: str,
+    reduce_only: bool,
 ) -> None:
     redis_client.flushdb()
     store, clock = make(redis_client, mode)

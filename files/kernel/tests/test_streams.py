@@ -5,12 +5,12 @@ import time
 
 import pytest
 import redis
+from helpers import valid
 from hypothesis import given
 from hypothesis import strategies as st
 
 from core_kernel import streams
 from core_kernel.gates import Intent
-from helpers import valid
 
 BINANCE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 
@@ -87,8 +87,10 @@ def test_consumer_helpers(redis_client: redis.Redis) -> None:
     assert claim.next_cursor == "0-0"
     assert [e.fields["trace_id"] for e in claim.entries] == ["c1"]
     rid = streams.publish_result(redis_client, {"trace_id": "c1", "status": "ok", "x": None})
-    assert redis_client.xrange(streams.RESULT_STREAM)[0] == (rid, {"trace_id": "c1",
-                                                                    "status": "ok"})
+    assert redis_client.xrange(streams.RESULT_STREAM)[0] == (
+        rid,
+        {"trace_id": "c1", "status": "ok"},
+    )
 
 
 def test_read_new_refuses_block_beyond_socket_timeout(redis_url: str) -> None:

@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from helpers import valid
+
+from core_kernel import cli, streams
+
+CORE_KERNEL = shutil.which("core-kernel", path=str(Path(sys.executable).parent))
+
+
+def run(
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    stdin: str | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> tuple[int, str, str]:
+    if stdin is not None:
+        assert monkeypatch is not None
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in (
+        "TRADING_MODE",
+        "BINANCE_TESTNET",
+        "USE_BINANCE_TESTNET",
+        "REDIS_URL",
+        "CORE_GATES_ENV",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr("core_kernel.config.DEFAULT_PATH", tmp_path / "absent.env")
+
+
+def env_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "core_gates.env"
+    path.write_text(text)
+    return str(path)
+
+
+def test_console_script_installed_and_check_config_exit_2(tmp_path: Path) -> None:
+    assert CORE_KERNEL, "core-kernel console script not installed next to the interpreter"
+    bad = env_file(tmp_path, "MIN_NOTIONAL_USD=abc\nEDGE_MULTIPLIER=0\nTYPO_KEY=1\n")
+    proc = subprocess.run(
+        [CORE_KERNEL, "check-config", "--config", bad],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("MIN_NOTIONAL_USD=abc:") for line in lines)
+    assert any(line.startswith("TYPO_KEY=1: unknown key") for line in lines)
+    assert "Traceback" not in proc.stderr
+    assert subprocess.run(
+        [CORE_KERNEL, "version"], capture_output=True, text=True, check=True
+    ).stdout.startswith("core-kernel ")
+
+
+def test_check_config_ok_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = env_file(tmp_path, "MIN_NOTIONAL_USD=30\nBINANCE_API_SECRET=s3cret\n")
+    code, out, _ = run(["check-config", "--config", good], capsys)
+    assert code == 0
+    assert out.startswith("OK ")
+    code, out, _ = run(["check-config", "--config", good, "--json"], capsys)
+    data = json.loads(out)
+    assert data["ok"] is True
+    assert data["config"]["MIN_NOTIONAL_USD"] == "30"
+    assert data["config"]["BINANCE_API_SECRET"] == "***"
+    code, out, _ = run(["check-config", "--config", str(tmp_path / "nope"), "--json"], capsys)
+    assert code == 2
+    assert "does not exist" in json.loads(out)["errors"][0]
+
+
+def test_bad_config_elsewhere_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = env_file(tmp_path, "MAX_TRADES_10MIN=-3\n")
+    code, _out, err = run(["mode", "--config", bad], capsys)
+    assert code == 2
+    assert "config error: MAX_TRADES_10MIN=-3" in err
+
+
+def test_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env_file(tmp_path, "TRADING_MODE=TESTNET\nBINANCE_TESTNET=true\n")
+    code, out, _ = run(["mode", "--config", path], capsys)
+    assert code == 0
+    assert out.startswith("TESTNET enforce=true may_mutate=true")
+    _, out, _ = run(["mode", "--config", path, "--json"], capsys)
+    assert json.loads(out)["sources"]["BINANCE_TESTNET"] == "true"
+
+
+def test_recover_json_and_log(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "rec.log"
+    path = env_file(
+        tmp_path,
+        f"REDIS_URL={redis_url}\nTRADING_MODE=TESTNET\n"
+        f"STREAM_RECOVER_LOG={log}\nSTALE_IDLE_MS=20\n"
+        "EXECUTION_CONSUMER=lab:quantum-execution\n",
+    )
+    streams.ensure_group(redis_client)
+    streams.publish_intent_once(redis_client, valid(trace_id="r1"))
+    streams.read_new(redis_client, "999", block_ms=None)
+    time.sleep(0.05)
+    code, out, _ = run(["recover", "--config", path, "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["reclaimed"] == 1
+    assert data["consumer"] == "lab:quantum-execution"
+    text = log.read_text()
+    assert "RECOVER_START" in text
+    assert "RECLAIMED batch=1 claimed=1 into=lab:quantum-execution" in text
+
+
+def test_recover_exit_3_when_redis_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = env_file(
+        tmp_path,
+        f"REDIS_URL=redis://127.0.0.1:1/0\nTRADING_MODE=TESTNET\n"
+        f"STREAM_RECOVER_LOG={tmp_path / 'r.log'}\n",
+    )
+    code, out, _ = run(["recover", "--config", path], capsys)
+    assert code == 3
+    assert json.loads(out)["ok"] is False
+    code, out, _ = run(["stream-health", "--config", path], capsys)
+    assert code == 3
+
+
+def test_stream_health(
+    redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    streams.ensure_group(redis_client)
+    streams.publish_intent_once(redis_client, valid(trace_id="h1"))
+    streams.read_new(redis_client, "w1", block_ms=None)
+    code, out, _ = run(["stream-health", "--redis-url", redis_url], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["length"] == 1
+    [group] = data["groups"]
+    assert group["pending"] == 1
+    assert group["lag"] == 0
+    assert group["consumers_detail"][0]["name"] == "w1"
+    assert group["consumers_detail"][0]["pending"] == 1
+
+
+def test_gate_proof(
+    redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redis_client.set("unrelated", "1")
+    code, out, _ = run(["gate-proof", "--json", "--redis-url", redis_url], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True
+    assert data["passed"] == data["total"] == 10
+    names = [c["name"] for c in data["cases"]]
+    assert names == [
+        "MIN_NOTIONAL",
+        "EDGE_TOO_SMALL",
+        "COOLDOWN",
+        "RATE_LIMIT",
+        "R_TOO_LOW_TREND",
+        "R_TOO_LOW_RANGE",
+        "MODEL_REGIME_MISMATCH",
+        "VALID_TRADE",
+        "LIVE_AUDIT",
+        "MALFORMED_INPUT",
+    ]
+    assert redis_client.keys("*") == ["unrelated"]  # isolated keys, cleaned up
+    code, out, _ = run(["gate-proof", "--redis-url", redis_url], capsys)
+    assert "GATE PROOF: 10/10" in out
+
+
+def test_gate_proof_fails_when_a_gate_is_disabled(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = env_file(tmp_path, "MIN_NOTIONAL_USD=0\n")
+    code, out, _ = run(["gate-proof", "--config", path, "--redis-url", redis_url], capsys)
+    assert code == 1
+    assert "MIN_NOTIONAL" in out and "FAIL" in out
+
+
+LINE_OK = json.dumps(
+    {
+        "symbol": "ETHUSDT",
+        "side": "BUY",
+        "qty": 0.01,
+        "price": 3500,
+        "expected_move_usd": 250,
+        "tp": 3587.5,
+        "sl": 3465,
+        "model": "NHiTS",
+        "regime": "TREND",
+    }
+)
+
+
+def test_evaluate_what_if(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cooldown = json.loads(LINE_OK) | {"seconds_since_last_trade": 10, "trades_last_10min": 3}
+    exit_line = json.loads(LINE_OK) | {"reduce_only": True, "seconds_since_last_trade": 1}
+    stdin = (
+        "\n".join(
+            [
+                LINE_OK,
+                json.dumps(cooldown),
+                "{not json",
+                '{"qtyy": 1}',
+                json.dumps(exit_line),
+                '{"seconds_since_last_trade": "x"}',
+            ]
+        )
+        + "\n"
+    )
+    code, out, err = run(["evaluate", "--mode", "TESTNET"], capsys, stdin, monkeypatch)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert rows[0]["verdict"] == "PASS" and rows[0]["enforced"] is True
+    assert rows[1]["reasons"] == ["COOLDOWN", "RATE_LIMIT"]
+    assert rows[1]["primary"] == "COOLDOWN"
+    assert rows[2]["line"] == 3 and rows[2]["error"].startswith("bad JSON")
+    assert "unknown field(s) qtyy" in rows[3]["error"]
+    assert rows[4]["verdict"] == "PASS"
+    assert "seconds_since_last_trade" in rows[5]["error"]
+    assert "Traceback" not in err
+    code, out, _ = run(
+        ["evaluate", "--mode", "live"], capsys, json.dumps(cooldown) + "\n", monkeypatch
+    )
+    row = json.loads(out)
+    assert (row["verdict"], row["enforced"], row["mode"]) == ("PASS", False, "LIVE")
+
+
+def test_evaluate_reads_state_from_redis(
+    redis_url: str,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis_client.set("quantum:kernel:last_trade:ETHUSDT", int(time.time() * 1000))
+    code, out, _ = run(
+        ["evaluate", "--mode", "TESTNET", "--redis-url", redis_url],
+        capsys,
+        LINE_OK + "\n",
+        monkeypatch,
+    )
+    assert code == 0
+    assert json.loads(out)["reasons"] == ["COOLDOWN"]
+    assert redis_client.dbsize() == 1  # read-only
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["no-such-command"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--mode", "PAPER"])
