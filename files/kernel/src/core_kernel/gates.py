@@ -294,13 +294,71 @@ def _text(value: object) -> str | None:
     return None
 
 
-def evaluate(  # noqa: PLR0915 - one straight pass over the gates is the fast path
+@dataclass(slots=True)
+class Partial:
+    """The gates that need no shared state, judged; ``finish`` adds the state gates."""
+
+    failed: set[Reason]
+    ctx: dict[str, Any]
+    exit_only: bool
+
+    def passes_without_state(self, mode: TradingMode) -> bool:
+        """Would the verdict be PASS if the state gates pass? (What admit's script needs.)"""
+        if Reason.INVALID_INPUT in self.failed:
+            return False
+        return mode is TradingMode.LIVE or not self.failed
+
+
+def evaluate(
     intent: Intent,
     situation: Situation,
     params: GateParams,
     mode: TradingMode,
 ) -> Decision:
     """Judge one intent. Never raises for any field value."""
+    return finish(evaluate_stateless(intent, params, mode), situation, params, mode)
+
+
+def finish(
+    partial: Partial, situation: Situation, params: GateParams, mode: TradingMode
+) -> Decision:
+    """Add the cooldown and rate gates (entries only) and decide. Consumes ``partial``."""
+    failed, ctx = partial.failed, partial.ctx
+    if not partial.exit_only:
+        if not situation.available:
+            failed.add(Reason.STATE_UNAVAILABLE)
+        else:
+            since = situation.seconds_since_last_trade
+            ctx["seconds_since_last_trade"] = since
+            ctx["min_hold_seconds"] = params.min_hold_seconds
+            if since is not None and since < params.min_hold_seconds:
+                failed.add(Reason.COOLDOWN)
+            ctx["trades_in_window"] = situation.trades_in_window
+            ctx["max_trades"] = params.max_trades
+            if situation.trades_in_window >= params.max_trades:
+                failed.add(Reason.RATE_LIMIT)
+    reasons = tuple(r for r in REASON_ORDER if r in failed) if failed else ()
+    enforce = mode is not TradingMode.LIVE
+    if Reason.INVALID_INPUT in failed or (enforce and reasons):
+        verdict = GateVerdict.HOLD
+    else:
+        verdict = GateVerdict.PASS
+    ctx["reasons"] = [r.value for r in reasons] if reasons else []
+    ctx["enforced"] = enforce
+    return Decision(
+        verdict=verdict,
+        reasons=reasons,
+        primary=reasons[0] if reasons else Reason.PASS,
+        enforced=enforce,
+        mode=mode,
+        context=ctx,
+    )
+
+
+def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is the fast path
+    intent: Intent, params: GateParams, mode: TradingMode
+) -> Partial:
+    """Validation and the four gates that need only the intent and the config."""
     invalid: dict[str, str] = {}
     failed: set[Reason] = set()
     ctx: dict[str, Any] = {}
@@ -370,19 +428,7 @@ def evaluate(  # noqa: PLR0915 - one straight pass over the gates is the fast pa
             ctx["required_edge_usd"] = required
             if move < required:
                 failed.add(Reason.EDGE_TOO_SMALL)
-        # 3./4. shared state
-        if not situation.available:
-            failed.add(Reason.STATE_UNAVAILABLE)
-        else:
-            since = situation.seconds_since_last_trade
-            ctx["seconds_since_last_trade"] = since
-            ctx["min_hold_seconds"] = params.min_hold_seconds
-            if since is not None and since < params.min_hold_seconds:
-                failed.add(Reason.COOLDOWN)
-            ctx["trades_in_window"] = situation.trades_in_window
-            ctx["max_trades"] = params.max_trades
-            if situation.trades_in_window >= params.max_trades:
-                failed.add(Reason.RATE_LIMIT)
+        # 3./4. (cooldown, rate) need the shared state: see finish()
         # 5. reward / risk
         if price is not None and tp is not None and sl is not None and regime is not None:
             reward = abs(_CTX.subtract(tp, price))
@@ -406,22 +452,7 @@ def evaluate(  # noqa: PLR0915 - one straight pass over the gates is the fast pa
     if invalid:
         failed.add(Reason.INVALID_INPUT)
         ctx["invalid_fields"] = invalid
-    reasons = tuple(r for r in REASON_ORDER if r in failed) if failed else ()
-    enforce = mode is not TradingMode.LIVE
-    if Reason.INVALID_INPUT in failed or (enforce and reasons):
-        verdict = GateVerdict.HOLD
-    else:
-        verdict = GateVerdict.PASS
-    ctx["reasons"] = [r.value for r in reasons] if reasons else []
-    ctx["enforced"] = enforce
-    return Decision(
-        verdict=verdict,
-        reasons=reasons,
-        primary=reasons[0] if reasons else Reason.PASS,
-        enforced=enforce,
-        mode=mode,
-        context=ctx,
-    )
+    return Partial(failed, ctx, exit_only)
 
 
 def log_fields(decision: Decision) -> list[tuple[str, object]]:

@@ -10,6 +10,7 @@ the script only applies the two state comparisons, the same ones, in integer mil
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from core_kernel.streams import (
     DEFAULT_PREFIX,
     _s,
     client_order_id,
+    load_lua,
     order_dedup_key,
 )
 
@@ -58,7 +60,10 @@ class KernelStore:
         self.trades_key = f"{key_prefix}kernel:trades"
         self._window_ms = self.params.rate_window_seconds * 1000
         self._min_hold_ms = self.params.min_hold_seconds * 1000
-        self._admit = _SCRIPTS.get(client, "admit.lua")
+        self._enforce = self.mode is not TradingMode.LIVE
+        # admit calls EVALSHA itself (one less layer per decision); NOSCRIPT reloads it.
+        self._admit_src = load_lua("admit.lua")
+        self._admit_sha = hashlib.sha1(self._admit_src.encode()).hexdigest()  # noqa: S324
         self._record = _SCRIPTS.get(client, "record_trade.lua")
 
     # keys ----------------------------------------------------------------------------------
@@ -102,55 +107,56 @@ class KernelStore:
         member = member or f"{symbol}:{now}:{uuid.uuid4().hex[:12]}"
         count = self._record(
             keys=[self.last_trade_key(symbol), self.trades_key],
-            args=[now, member, now - self._window_ms, self._window_ms],
+            args=[now, member, now - self._window_ms],
         )
         return int(count)
 
     def admit(self, intent: Intent) -> Decision:
         """All gates plus state plus decision record in one round trip; see the module doc."""
-        base = gates.evaluate(intent, Situation(), self.params, self.mode)
+        partial = gates.evaluate_stateless(intent, self.params, self.mode)
         trace_id = str(intent.trace_id or "")
         if not trace_id.strip():
-            base.context.setdefault("invalid_fields", {})["trace_id"] = (
+            partial.ctx.setdefault("invalid_fields", {})["trace_id"] = (
                 "missing (admit needs it to deduplicate orders)"
             )
-            decision = _force(base, invalid=True)
+            partial.failed.add(Reason.INVALID_INPUT)
+            decision = gates.finish(partial, Situation(), self.params, self.mode)
             _log_decision(decision)
             return decision
-        symbol = base.context.get("symbol") or "-"
-        entry = not intent.reduce_only
-        enforce = self.mode is not TradingMode.LIVE
+        symbol = partial.ctx.get("symbol") or "-"
+        entry = not partial.exit_only
         now = self._now_ms()
+        args = (
+            now,
+            self._min_hold_ms,
+            self.params.max_trades,
+            now - self._window_ms,
+            1 if partial.passes_without_state(self.mode) else 0,
+            1 if self._enforce and entry else 0,
+            1 if entry else 0,
+            DEDUP_TTL_SECONDS,
+            f"{symbol}:{trace_id}",
+        )
+        keys = (self.order_key(trace_id), self.last_trade_key(symbol), self.trades_key)
         try:
-            reply = self._admit(
-                keys=[self.order_key(trace_id), self.last_trade_key(symbol), self.trades_key],
-                args=[
-                    now,
-                    self._min_hold_ms,
-                    self.params.max_trades,
-                    now - self._window_ms,
-                    1 if base.verdict is GateVerdict.PASS else 0,
-                    1 if enforce and entry else 0,
-                    1 if entry else 0,
-                    DEDUP_TTL_SECONDS,
-                    f"{symbol}:{trace_id}",
-                    self._window_ms,
-                ],
-            )
+            try:
+                reply = self.redis.evalsha(self._admit_sha, 3, *keys, *args)
+            except redis.exceptions.NoScriptError:
+                self._admit_sha = self.redis.script_load(self._admit_src)
+                reply = self.redis.evalsha(self._admit_sha, 3, *keys, *args)
         except redis.RedisError as exc:
             log.error(
                 kv("GATE_STATE_ERROR", {"trace_id": trace_id, "error": f"{type(exc).__name__}"})
             )
-            decision = gates.evaluate(intent, Situation.unavailable(), self.params, self.mode)
+            decision = gates.finish(partial, Situation.unavailable(), self.params, self.mode)
             _log_decision(decision)
             return decision
-        replayed = int(reply[0]) == 1
-        decision = self._from_stored(intent, _s(reply[1]), replayed)
+        decision = self._from_stored(partial, _s(reply[1]), int(reply[0]) == 1)
         decision.context["client_order_id"] = client_order_id(trace_id)
         _log_decision(decision)
         return decision
 
-    def _from_stored(self, intent: Intent, stored: str, replayed: bool) -> Decision:
+    def _from_stored(self, partial: gates.Partial, stored: str, replayed: bool) -> Decision:
         parts = stored.split("|")
         try:
             verdict_code, now_s, last_s, count_s = parts
@@ -159,22 +165,13 @@ class KernelStore:
         except ValueError:
             # The key holds something admit did not write (e.g. the old two-step dedup "1"):
             # someone already claimed this order. Never place it again from here.
-            decision = gates.evaluate(intent, Situation(), self.params, self.mode)
-            reasons = tuple(
-                r for r in gates.REASON_ORDER if r in {*decision.reasons, Reason.DUPLICATE_ORDER}
-            )
-            decision.context["stored_decision"] = stored[:100]
-            decision.context["reasons"] = [r.value for r in reasons]
-            return Decision(
-                GateVerdict.HOLD,
-                reasons,
-                reasons[0],
-                decision.enforced,
-                decision.mode,
-                decision.context,
-                replayed=True,
-            )
-        decision = gates.evaluate(intent, situation, self.params, self.mode)
+            partial.failed.add(Reason.DUPLICATE_ORDER)
+            partial.ctx["stored_decision"] = stored[:100]
+            decision = gates.finish(partial, Situation(), self.params, self.mode)
+            decision.verdict = GateVerdict.HOLD
+            decision.replayed = True
+            return decision
+        decision = gates.finish(partial, situation, self.params, self.mode)
         stored_verdict = GateVerdict.PASS if verdict_code == "P" else GateVerdict.HOLD
         decision.replayed = replayed
         if stored_verdict is not decision.verdict:
@@ -189,22 +186,6 @@ class KernelStore:
 def _situation(now_ms: int, last_ms: int | None, count: int) -> Situation:
     since = None if last_ms is None else Decimal(now_ms - last_ms).scaleb(-3)
     return Situation(since, count, True)
-
-
-def _force(decision: Decision, *, invalid: bool) -> Decision:
-    reasons = decision.reasons
-    if invalid and Reason.INVALID_INPUT not in reasons:
-        reasons = (Reason.INVALID_INPUT, *reasons)
-    decision.context["reasons"] = [r.value for r in reasons]
-    return Decision(
-        GateVerdict.HOLD,
-        reasons,
-        reasons[0],
-        decision.enforced,
-        decision.mode,
-        decision.context,
-        decision.replayed,
-    )
 
 
 def _log_decision(decision: Decision) -> None:

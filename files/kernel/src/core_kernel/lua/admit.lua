@@ -6,7 +6,6 @@
 -- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET
 -- ARGV[1] now_ms  ARGV[2] min_hold_ms  ARGV[3] max_trades  ARGV[4] window_start_ms
 -- ARGV[5] base_ok  ARGV[6] state_gated  ARGV[7] is_entry  ARGV[8] ttl_s  ARGV[9] member
--- ARGV[10] window_ms
 -- Reply: {replayed(0|1), "V|now_ms|last_ms|count"} (V = P or H)
 local prev = redis.call('GET', KEYS[1])
 if prev then
@@ -27,8 +26,8 @@ end
 if pass and ARGV[7] == '1' then
   redis.call('SET', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[1], ARGV[9])
+  -- Trim what left the window, so the ZSET stays as small as the window.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[10])
 end
 local stored = (pass and 'P' or 'H') .. '|' .. ARGV[1] .. '|' .. (last or '') .. '|' .. count
 redis.call('SET', KEYS[1], stored, 'EX', ARGV[8])
