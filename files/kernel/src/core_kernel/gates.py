@@ -213,6 +213,7 @@ class Decision:
 
 
 _FMAX = 1e15
+_IMAX = 10**15
 _FMIN = 1e-30
 _SYMBOL = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 
@@ -276,7 +277,14 @@ def to_decimal(value: object) -> Decimal | str:
     return dec
 
 
-def _positive(name: str, raw: object, invalid: dict[str, str]) -> Decimal | None:
+def _positive(name: str, raw: Any, invalid: dict[str, str]) -> Decimal | None:
+    kind = type(raw)
+    # Fast paths for the common, valid case (NaN fails every comparison and falls through).
+    if kind is float:
+        if _FMIN <= raw < _FMAX:
+            return Decimal(repr(raw))
+    elif kind is int and 0 < raw < _IMAX:
+        return Decimal(raw)
     got = to_decimal(raw)
     if type(got) is str:
         invalid[name] = got
@@ -364,10 +372,12 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
     ctx: dict[str, Any] = {}
     exit_only = bool(intent.reduce_only)
 
-    symbol = _text(intent.symbol)
+    raw = intent.symbol
+    symbol = (raw.strip() or None) if type(raw) is str else _text(raw)
     if symbol is None or _SYMBOL.fullmatch(symbol) is None:
         invalid["symbol"] = "missing" if symbol is None else "not a symbol ([A-Za-z0-9._:/-]{1,64})"
-    side_text = _text(intent.side)
+    raw = intent.side
+    side_text = (raw.strip() or None) if type(raw) is str else _text(raw)
     side_up = side_text.upper() if side_text else None
     direction = _SIDES.get(side_up) if side_up else None
     if direction is None:
@@ -378,7 +388,7 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
     if intent.leverage is not None and intent.leverage != "":
         _positive("leverage", intent.leverage, invalid)
 
-    ctx["mode"] = mode.value
+    ctx["mode"] = str(mode)
     ctx["reduce_only"] = exit_only
     if intent.trace_id:
         ctx["trace_id"] = str(intent.trace_id)
@@ -397,10 +407,11 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
         tp = _positive("tp", intent.tp, invalid)
         sl = _positive("sl", intent.sl, invalid)
         if direction is not None and price is not None:
-            if tp is not None and (tp - price) * direction <= 0:
+            # Plain comparisons: exact for Decimals, no rounding context involved.
+            if tp is not None and (tp <= price if direction > 0 else tp >= price):
                 invalid["tp"] = "on the wrong side of price for " + ctx["side"]
                 tp = None
-            if sl is not None and (price - sl) * direction <= 0:
+            if sl is not None and (sl >= price if direction > 0 else sl <= price):
                 invalid["sl"] = "on the wrong side of price for " + ctx["side"]
                 sl = None
         model = _text(intent.model)
@@ -430,9 +441,18 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
                 failed.add(Reason.EDGE_TOO_SMALL)
         # 3./4. (cooldown, rate) need the shared state: see finish()
         # 5. reward / risk
-        if price is not None and tp is not None and sl is not None and regime is not None:
-            reward = abs(_CTX.subtract(tp, price))
-            risk = abs(_CTX.subtract(price, sl))
+        if (
+            tp is not None
+            and sl is not None
+            and price is not None
+            and regime is not None
+            and (direction is not None)
+        ):
+            # tp and sl passed the side check, so both differences are positive as written.
+            if direction > 0:
+                reward, risk = _CTX.subtract(tp, price), _CTX.subtract(price, sl)
+            else:
+                reward, risk = _CTX.subtract(price, tp), _CTX.subtract(sl, price)
             ctx["r"] = _DISPLAY.divide(reward, risk)
             min_r = params.min_r_for(regime)
             ctx["min_r"] = min_r
