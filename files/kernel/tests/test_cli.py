@@ -271,3 +271,21 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--mode", "PAPER"])
+
+
+def test_stream_health_flags_zombies_and_missing_group(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["stream-health", "--redis-url", redis_url], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["exists"] is False
+    assert data["healthy"] is False
+    streams.ensure_group(redis_client)
+    redis_client.xgroup_createconsumer(streams.STREAM, streams.GROUP, "old-pid-123")
+    time.sleep(0.03)
+    path = env_file(tmp_path, "ZOMBIE_IDLE_MS=10\n")
+    code, out, _ = run(["stream-health", "--config", path, "--redis-url", redis_url], capsys)
+    data = json.loads(out)
+    assert data["groups"][0]["zombies"] == ["old-pid-123"]
+    assert data["healthy"] is False

@@ -207,3 +207,31 @@ def test_summary_is_json(redis_client: redis.Redis) -> None:
     summary, _ = run(redis_client)
     assert isinstance(summary, RecoverySummary)
     assert json.loads(json.dumps(summary.to_dict()))["mode"] == "TESTNET"
+
+
+def test_own_stale_entries_are_left_to_the_worker_but_dead_lettered_if_over_delivered(
+    redis_client: redis.Redis,
+) -> None:
+    publish(redis_client, 2)
+    ids = dead_consumer_reads(redis_client, LIVE_CONSUMER, 2)  # the live consumer's own PEL
+    for _ in range(3):
+        redis_client.xreadgroup(streams.GROUP, LIVE_CONSUMER, {streams.STREAM: "0"}, count=1)
+    time.sleep(0.08)
+    summary, _ = run(redis_client, STALE_IDLE_MS=50, MAX_DELIVERIES=3)
+    assert summary.reclaimed == 0
+    assert summary.stale_own == 1
+    assert summary.dead_lettered_ids == [ids[0]]
+    assert owners(redis_client) == {LIVE_CONSUMER: 1}
+
+
+def test_entries_deleted_from_the_stream_leave_the_pending_list(
+    redis_client: redis.Redis,
+) -> None:
+    publish(redis_client, 3)
+    ids = dead_consumer_reads(redis_client, "gone", 3)
+    redis_client.xdel(streams.STREAM, ids[1])
+    time.sleep(0.08)
+    summary, _ = run(redis_client, STALE_IDLE_MS=50)
+    assert summary.reclaimed == 2
+    assert summary.deleted_entries == 1
+    assert owners(redis_client) == {LIVE_CONSUMER: 2}

@@ -222,3 +222,26 @@ def test_lua_state_gates_agree_with_pure_evaluate(
     assert "recomputed_verdict" not in got.context
     recorded = redis_client.zcard("quantum:kernel:trades") == trades + 1
     assert recorded is (got.verdict is GateVerdict.PASS and not reduce_only)
+
+
+def test_script_cache_flush_is_survived(redis_client: redis.Redis) -> None:
+    store, _ = make(redis_client)
+    assert store.admit(valid(trace_id="s1")).verdict is GateVerdict.PASS
+    redis_client.script_flush()
+    again = store.admit(valid(trace_id="s2", symbol="BTCUSDT"))
+    assert again.verdict is GateVerdict.PASS
+    assert again.replayed is False
+
+
+def test_killed_connection_is_unavailable_once_then_recovers(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = KernelStore(client, config(), TradingMode.TESTNET)
+    assert store.admit(valid(trace_id="k1")).verdict is GateVerdict.PASS
+    admin = redis.Redis.from_url(redis_url)
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    first = store.admit(valid(trace_id="k2", symbol="BTCUSDT"))
+    # either the dead socket is noticed on send (HOLD, nothing stored) or it reconnected
+    assert first.reasons in ((Reason.STATE_UNAVAILABLE,), ())
+    second = store.admit(valid(trace_id="k3", symbol="SOLUSDT"))
+    assert second.verdict is GateVerdict.PASS
+    assert second.replayed is False
