@@ -245,3 +245,20 @@ def test_killed_connection_is_unavailable_once_then_recovers(redis_url: str) -> 
     second = store.admit(valid(trace_id="k3", symbol="SOLUSDT"))
     assert second.verdict is GateVerdict.PASS
     assert second.replayed is False
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_admit_with_undecoded_client(redis_url: str, protocol: int) -> None:
+    client = redis.Redis.from_url(redis_url, protocol=protocol)  # bytes replies
+    store = KernelStore(client, config(), TradingMode.TESTNET)
+    assert store.admit(valid(trace_id="b1")).verdict is GateVerdict.PASS
+    replay = store.admit(valid(trace_id="b1"))
+    assert replay.replayed and replay.verdict is GateVerdict.PASS
+    assert store.situation("ETHUSDT").trades_in_window == 1
+
+
+def test_single_connection_client_takes_the_normal_path(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    store = KernelStore(client, config(), TradingMode.TESTNET)
+    assert store.admit(valid(trace_id="sc")).verdict is GateVerdict.PASS
+    client.close()
