@@ -361,3 +361,9 @@ def test_cooldown_and_rate_thresholds_inclusive(hold: int, max_trades: int) -> N
     blocked = evaluate(valid(), Situation(since, max_trades), params, T)
     expected = {Reason.RATE_LIMIT} | ({Reason.COOLDOWN} if hold > 0 else set())
     assert set(blocked.reasons) == expected
+
+
+def test_non_text_fields_are_named_as_such() -> None:
+    d = run(valid(model=5, side=["BUY"]))
+    assert d.context["invalid_fields"]["model"] == "not text (int)"
+    assert d.context["invalid_fields"]["side"] == "not text (list)"

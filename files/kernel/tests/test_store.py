@@ -136,6 +136,7 @@ def test_redis_down_is_state_unavailable() -> None:
     live = KernelStore(client, config(), TradingMode.LIVE).admit(valid(trace_id="z"))
     assert live.verdict is GateVerdict.PASS
     assert live.reasons == (Reason.STATE_UNAVAILABLE,)
+    assert live.context["client_order_id"] == "z"  # a LIVE pass can still be placed
     assert store.evaluate(valid()).reasons == (Reason.STATE_UNAVAILABLE,)
 
 

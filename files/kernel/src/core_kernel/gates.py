@@ -295,6 +295,12 @@ def _positive(name: str, raw: Any, invalid: dict[str, str]) -> Decimal | None:
     return got  # type: ignore[return-value]
 
 
+def _missing(value: object) -> str:
+    if value is None or isinstance(value, str):
+        return "missing"
+    return f"not text ({type(value).__name__})"
+
+
 def _text(value: object) -> str | None:
     if isinstance(value, str):
         stripped = value.strip()
@@ -375,13 +381,15 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
     raw = intent.symbol
     symbol = (raw.strip() or None) if type(raw) is str else _text(raw)
     if symbol is None or _SYMBOL.fullmatch(symbol) is None:
-        invalid["symbol"] = "missing" if symbol is None else "not a symbol ([A-Za-z0-9._:/-]{1,64})"
+        invalid["symbol"] = (
+            _missing(intent.symbol) if symbol is None else "not a symbol ([A-Za-z0-9._:/-]{1,64})"
+        )
     raw = intent.side
     side_text = (raw.strip() or None) if type(raw) is str else _text(raw)
     side_up = side_text.upper() if side_text else None
     direction = _SIDES.get(side_up) if side_up else None
     if direction is None:
-        invalid["side"] = "missing" if side_text is None else "unknown side"
+        invalid["side"] = _missing(intent.side) if side_text is None else "unknown side"
 
     qty = _positive("qty", intent.qty, invalid)
     price = _positive("price", intent.price, invalid)
@@ -418,9 +426,9 @@ def evaluate_stateless(  # noqa: PLR0915 - one straight pass over the gates is t
         regime_text = _text(intent.regime)
         regime = regime_text.upper() if regime_text else None
         if model is None:
-            invalid["model"] = "missing"
+            invalid["model"] = _missing(intent.model)
         if regime is None:
-            invalid["regime"] = "missing"
+            invalid["regime"] = _missing(intent.regime)
 
         # 1. notional
         notional: Decimal | None = None

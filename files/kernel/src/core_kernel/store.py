@@ -149,6 +149,7 @@ class KernelStore:
                 kv("GATE_STATE_ERROR", {"trace_id": trace_id, "error": f"{type(exc).__name__}"})
             )
             decision = gates.finish(partial, Situation.unavailable(), self.params, self.mode)
+            decision.context["client_order_id"] = client_order_id(trace_id)
             _log_decision(decision)
             return decision
         decision = self._from_stored(partial, _s(reply[1]), int(reply[0]) == 1)
