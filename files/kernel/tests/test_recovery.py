@@ -235,3 +235,17 @@ def test_entries_deleted_from_the_stream_leave_the_pending_list(
     assert summary.reclaimed == 2
     assert summary.deleted_entries == 1
     assert owners(redis_client) == {LIVE_CONSUMER: 2}
+
+
+def test_live_reports_what_it_would_dead_letter(redis_client: redis.Redis) -> None:
+    publish(redis_client, 150)
+    dead_consumer_reads(redis_client, "old", 150)
+    redis_client.xreadgroup(streams.GROUP, "old", {streams.STREAM: "0"}, count=1)
+    redis_client.xreadgroup(streams.GROUP, "old", {streams.STREAM: "0"}, count=1)
+    time.sleep(0.08)
+    summary, _ = run(
+        redis_client, TradingMode.LIVE, STALE_IDLE_MS=50, MAX_DELIVERIES=2, RECOVERY_BATCH=40
+    )
+    assert summary.would_dead_letter == 1
+    assert summary.would_reclaim == 149
+    assert not redis_client.exists("quantum:stream:trade.intent.dlq")

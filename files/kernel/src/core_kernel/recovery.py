@@ -291,25 +291,26 @@ def _dry_run_reclaim(
     stream: str,
     group: str,
 ) -> None:
+    """What ``_reclaim`` would do, from the same bounded pages of the pending list."""
     start = "-"
-    page = max(config.recovery_batch, 100)
+    page = config.recovery_batch
     seen = 0
+    consumer = config.consumer_name
     while seen < _DRY_RUN_SCAN_LIMIT:
-        rows = client.xpending_range(
-            stream, group, min=start, max="+", count=page, idle=config.stale_idle_ms
-        )
-        if not rows:
-            break
+        rows = client.xpending_range(stream, group, min=start, max="+", count=page)
         for row in rows:
-            summary.would_reclaim += 1
+            if int(row["time_since_delivered"]) < config.stale_idle_ms:
+                continue
             if int(row["times_delivered"]) > config.max_deliveries:
                 summary.would_dead_letter += 1
+            elif _s(row["consumer"]) == consumer:
+                summary.stale_own += 1
+            else:
+                summary.would_reclaim += 1
         seen += len(rows)
-        last = _s(rows[-1]["message_id"])
-        start = "(" + last
         if len(rows) < page:
             break
-    summary.would_reclaim -= summary.would_dead_letter
+        start = "(" + _s(rows[-1]["message_id"])
 
 
 def _zombies(
