@@ -209,7 +209,7 @@ def test_summary_is_json(redis_client: redis.Redis) -> None:
     assert json.loads(json.dumps(summary.to_dict()))["mode"] == "TESTNET"
 
 
-def test_own_stale_entries_are_left_to_the_worker_but_dead_lettered_if_over_delivered(
+def test_own_stale_entries_are_reclaimed_in_place_and_dead_lettered_if_over_delivered(
     redis_client: redis.Redis,
 ) -> None:
     publish(redis_client, 2)
@@ -218,10 +218,11 @@ def test_own_stale_entries_are_left_to_the_worker_but_dead_lettered_if_over_deli
         redis_client.xreadgroup(streams.GROUP, LIVE_CONSUMER, {streams.STREAM: "0"}, count=1)
     time.sleep(0.08)
     summary, _ = run(redis_client, STALE_IDLE_MS=50, MAX_DELIVERIES=3)
-    assert summary.reclaimed == 0
-    assert summary.stale_own == 1
+    assert summary.reclaimed == 1
     assert summary.dead_lettered_ids == [ids[0]]
     assert owners(redis_client) == {LIVE_CONSUMER: 1}
+    [row] = redis_client.xpending_range(streams.STREAM, streams.GROUP, "-", "+", 10)
+    assert row["time_since_delivered"] < 50  # the claim reset its idle time
 
 
 def test_entries_deleted_from_the_stream_leave_the_pending_list(
