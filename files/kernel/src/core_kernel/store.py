@@ -218,8 +218,3 @@ def _log_decision(decision: Decision) -> None:
     level = logging.WARNING if event == "GATE_AUDIT" else logging.INFO
     if log.isEnabledFor(level):
         log.log(level, kv(event, gates.log_fields(decision)))
-
-
-def describe(decision: Decision) -> dict[str, Any]:
-    """JSON-ready decision (Decimals as exact strings)."""
-    return decision.to_dict()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,9 +32,6 @@ ORDER_DEDUP_PREFIX = "dedup:order:"
 DEFAULT_PREFIX = "quantum:"
 
 CLIENT_ORDER_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
-
-# redis-py's client type is generic over the response type; we accept either decoding.
-Redis = redis.Redis
 
 
 def load_lua(name: str) -> str:
@@ -98,22 +97,25 @@ def client_order_id(trace_id: str, prefix: str = "qk-") -> str:
 
 # --- publish ------------------------------------------------------------------------------------
 class _Scripts:
-    """Scripts registered per client (EVALSHA, with EVAL fallback on NOSCRIPT)."""
+    """Scripts registered per client (EVALSHA, with EVAL fallback on NOSCRIPT).
+
+    Weakly keyed, so a client that is dropped is not kept alive by its scripts.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[redis.Redis, dict[str, Any]]] = {}
+        self._cache: weakref.WeakKeyDictionary[redis.Redis, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
 
     def get(self, client: redis.Redis, name: str) -> Any:
-        key = id(client)
-        per_client = self._cache.get(key)
-        if per_client is None or per_client[0] is not client:
-            per_client = (client, {})
-            self._cache[key] = per_client
-        script = per_client[1].get(name)
-        if script is None:
-            script = client.register_script(load_lua(name))
-            per_client[1][name] = script
-        return script
+        with self._lock:
+            per_client = self._cache.setdefault(client, {})
+            script = per_client.get(name)
+            if script is None:
+                script = client.register_script(load_lua(name))
+                per_client[name] = script
+            return script
 
 
 _SCRIPTS = _Scripts()
