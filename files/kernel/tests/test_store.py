@@ -151,7 +151,7 @@ def test_key_prefix_isolates(redis_client: redis.Redis) -> None:
 def test_two_step_api(redis_client: redis.Redis) -> None:
     store, _clock = make(redis_client)
     assert store.evaluate(valid()).verdict is GateVerdict.PASS
-    assert store.record_trade("ETHUSDT") == 1
+    assert store.record_trade(" ETHUSDT ") == 1
     assert store.evaluate(valid()).reasons == (Reason.COOLDOWN,)
     with pytest.raises(ValueError, match="symbol"):
         store.record_trade(" ")

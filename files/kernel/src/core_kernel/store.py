@@ -101,7 +101,8 @@ class KernelStore:
     # writes --------------------------------------------------------------------------------
     def record_trade(self, symbol: str, member: str | None = None) -> int:
         """Record a trade on ``symbol`` now; returns the trades in the window (for logs)."""
-        if not symbol or not symbol.strip():
+        symbol = symbol.strip() if isinstance(symbol, str) else ""
+        if not symbol:
             raise ValueError("symbol: missing")
         now = self._now_ms()
         member = member or f"{symbol}:{now}:{uuid.uuid4().hex[:12]}"
