@@ -14,7 +14,9 @@ def test_systemd_is_pid1_and_running(host):
     assert host.check_output("cat /proc/1/comm") == "systemd"
     state = host.run("systemctl is-system-running")
     failed = host.run("systemctl --failed --no-legend --plain").stdout
-    assert state.stdout.strip() == "running", f"system state {state.stdout!r}; failed units: {failed}"
+    assert state.stdout.strip() == "running", (
+        f"system state {state.stdout!r}; failed units: {failed}"
+    )
 
 
 def test_redis_answers_on_loopback(host):
@@ -51,7 +53,11 @@ def test_mode_evidence_file(host):
     lines = set(env.content_string.splitlines())
     mode = "TESTNET" if "TRADING_MODE=TESTNET" in lines else "LIVE"
     testnet = "true" if mode == "TESTNET" else "false"
-    assert {f"TRADING_MODE={mode}", f"BINANCE_TESTNET={testnet}", f"USE_BINANCE_TESTNET={testnet}"} <= lines
+    assert {
+        f"TRADING_MODE={mode}",
+        f"BINANCE_TESTNET={testnet}",
+        f"USE_BINANCE_TESTNET={testnet}",
+    } <= lines
 
 
 def test_stale_entry_pending_or_reclaimed(host):
