@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from decimal import Decimal
 from typing import Any
@@ -263,3 +264,33 @@ def test_single_connection_client_takes_the_normal_path(redis_url: str) -> None:
     store = KernelStore(client, config(), TradingMode.TESTNET)
     assert store.admit(valid(trace_id="sc")).verdict is GateVerdict.PASS
     client.close()
+
+
+def _process_worker(redis_url: str, n: int, barrier: Any, out: Any) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = KernelStore(client, config(), TradingMode.TESTNET)
+    barrier.wait(timeout=30)
+    verdicts = [
+        store.admit(valid(symbol=f"P{n}K{k}USDT", trace_id=f"p{n}-{k}")).verdict.value
+        for k in range(3)
+    ]
+    out.put(verdicts)
+    client.close()
+
+
+def test_concurrent_admits_from_20_processes(redis_url: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(20)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_worker, args=(redis_url, n, barrier, out)) for n in range(20)
+    ]
+    for p in procs:
+        p.start()
+    results = [v for _ in procs for v in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert len(results) == 60
+    assert results.count("PASS") == 3
+    assert redis.Redis.from_url(redis_url).zcard("quantum:kernel:trades") == 3
