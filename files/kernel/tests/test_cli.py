@@ -289,3 +289,13 @@ def test_stream_health_flags_zombies_and_missing_group(
     data = json.loads(out)
     assert data["groups"][0]["zombies"] == ["old-pid-123"]
     assert data["healthy"] is False
+
+
+def test_evaluate_with_unreachable_redis_exits_3(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(
+        ["evaluate", "--redis-url", "redis://127.0.0.1:1/0"], capsys, LINE_OK + "\n", monkeypatch
+    )
+    assert code == 3
+    assert "redis unreachable" in err

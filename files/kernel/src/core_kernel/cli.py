@@ -195,7 +195,9 @@ def cmd_evaluate(
     )
     store = None
     if args.redis_url:
-        store = KernelStore(_client(args.redis_url), config, report)
+        client = _client(args.redis_url)
+        client.ping()  # unreachable: exit 3 now rather than a slow error on every line
+        store = KernelStore(client, config, report)
     known = set(Intent.FIELDS) | _EVAL_EXTRA
     failures = 0
     for lineno, line in enumerate(stdin or sys.stdin, start=1):
