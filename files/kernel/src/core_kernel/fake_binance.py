@@ -1,0 +1,582 @@
+"""Local fake of the Binance USD-M Futures REST API for tests and the lab (quantum-fake-binance).
+
+A real HTTP server (stdlib ``ThreadingHTTPServer``) speaking the subset the exchange adapter uses:
+``GET /fapi/v1/ping``, ``/fapi/v1/time``, ``/fapi/v1/exchangeInfo``, signed ``POST/GET
+/fapi/v1/order`` and ``/fapi/v1/algoOrder``. Signatures are checked as Binance does (HMAC-SHA256
+of the parameter string, ``X-MBX-APIKEY`` header). ``newClientOrderId`` must be unique among *open*
+orders (-4116 otherwise); MARKET orders fill at once by default, so a blind resend after a lost
+answer would create a second order - which is what the fault tests must catch.
+
+Fault switches, set by ``POST /_fault`` (JSON) or the constructor, each a count of the next order
+requests (or requests, for ``rate_limit``) it applies to:
+``delay_ms`` (every answer, while set), ``drop_after_accept``, ``error_after_accept`` (503),
+``rate_limit`` (429 with ``Retry-After: retry_after``), ``ban`` (418). ``GET /_orders`` lists
+every accepted order; ``GET /_stats`` counts requests; ``POST /_reset`` clears everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+log = logging.getLogger("core_kernel.fake_binance")
+
+DEFAULT_API_KEY = "lab-fake-key"
+DEFAULT_API_SECRET = "lab-fake-secret"  # noqa: S105 - a published lab value, not a secret
+
+CONDITIONAL_TYPES = frozenset(
+    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
+)
+ORDER_TYPES = frozenset({"MARKET", "LIMIT"})
+FAULT_KEYS = (
+    "delay_ms",
+    "drop_after_accept",
+    "error_after_accept",
+    "rate_limit",
+    "ban",
+    "retry_after",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSpec:
+    symbol: str
+    tick_size: str
+    step_size: str
+    min_qty: str
+    max_qty: str
+    min_notional: str
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "pair": self.symbol,
+            "contractType": "PERPETUAL",
+            "status": "TRADING",
+            "baseAsset": self.symbol.removesuffix("USDT"),
+            "quoteAsset": "USDT",
+            "marginAsset": "USDT",
+            "filters": [
+                {
+                    "filterType": "PRICE_FILTER",
+                    "minPrice": self.tick_size,
+                    "maxPrice": "1000000",
+                    "tickSize": self.tick_size,
+                },
+                {
+                    "filterType": "LOT_SIZE",
+                    "minQty": self.min_qty,
+                    "maxQty": self.max_qty,
+                    "stepSize": self.step_size,
+                },
+                {
+                    "filterType": "MARKET_LOT_SIZE",
+                    "minQty": self.min_qty,
+                    "maxQty": self.max_qty,
+                    "stepSize": self.step_size,
+                },
+                {"filterType": "MIN_NOTIONAL", "notional": self.min_notional},
+            ],
+            "orderTypes": sorted(ORDER_TYPES | CONDITIONAL_TYPES),
+        }
+
+
+DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
+    SymbolSpec("BTCUSDT", "0.10", "0.001", "0.001", "1000", "100"),
+    SymbolSpec("ETHUSDT", "0.01", "0.001", "0.001", "10000", "20"),
+    SymbolSpec("SOLUSDT", "0.0100", "1", "1", "100000", "5"),
+    SymbolSpec("XRPUSDT", "0.0001", "0.1", "0.1", "10000000", "5"),
+)
+
+
+@dataclass
+class Faults:
+    delay_ms: int = 0
+    drop_after_accept: int = 0
+    error_after_accept: int = 0
+    rate_limit: int = 0
+    ban: int = 0
+    retry_after: int = 1
+
+    def to_dict(self) -> dict[str, int]:
+        return {key: int(getattr(self, key)) for key in FAULT_KEYS}
+
+
+@dataclass
+class FakeState:
+    """Everything the server knows; one lock guards it (requests are handled on threads)."""
+
+    api_key: str = DEFAULT_API_KEY
+    api_secret: str = DEFAULT_API_SECRET
+    symbols: dict[str, SymbolSpec] = field(
+        default_factory=lambda: {s.symbol: s for s in DEFAULT_SYMBOLS}
+    )
+    fill_market: bool = True
+    faults: Faults = field(default_factory=Faults)
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    algo_orders: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_id: int = 1_000_000
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def take(self, name: str) -> bool:
+        """Consume one use of a counted fault switch."""
+        value = int(getattr(self.faults, name))
+        if value > 0:
+            setattr(self.faults, name, value - 1)
+            self.count(f"fault_{name}")
+            return True
+        return False
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.code = code
+        self.msg = msg
+
+
+def _dec(params: dict[str, str], name: str, required: bool = True) -> Decimal | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise ApiError(400, -1102, f"Mandatory parameter '{name}' was not sent")
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ApiError(400, -1100, f"Illegal characters found in parameter '{name}'") from None
+    if not value.is_finite() or value <= 0:
+        raise ApiError(400, -1100, f"Illegal value in parameter '{name}'")
+    return value
+
+
+def _multiple(value: Decimal, step: Decimal) -> bool:
+    return step == 0 or value % step == 0
+
+
+class FakeBinance:
+    """Owns the HTTP server; ``start()`` serves on a thread, ``serve_forever()`` in the caller."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        api_secret: str = DEFAULT_API_SECRET,
+        fill_market: bool = True,
+        faults: Faults | None = None,
+    ) -> None:
+        self.state = FakeState(api_key=api_key, api_secret=api_secret, fill_market=fill_market)
+        if faults is not None:
+            self.state.faults = faults
+        handler = _make_handler(self.state)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """What BINANCE_FUTURES_URL should be (python-binance appends /v1/...)."""
+        return f"http://127.0.0.1:{self.port}/fapi"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeBinance:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # direct access for in-process tests ----------------------------------------------------
+    def set_faults(self, **values: int) -> None:
+        with self.state.lock:
+            for key, value in values.items():
+                if key not in FAULT_KEYS:
+                    raise ValueError(
+                        f"{key}: unknown fault switch (known: {', '.join(FAULT_KEYS)})"
+                    )
+                setattr(self.state.faults, key, int(value))
+
+    def orders(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [dict(o) for o in self.state.orders + self.state.algo_orders]
+
+
+# --- request handling ---------------------------------------------------------------------------
+def _make_handler(state: FakeState) -> type[BaseHTTPRequestHandler]:
+    class Handler(_Handler):
+        pass
+
+    Handler.state = state
+    return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: FakeState
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-binance/1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # plumbing ------------------------------------------------------------------------------
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, exc: ApiError, headers: dict[str, str] | None = None) -> None:
+        self._send(exc.status, {"code": exc.code, "msg": exc.msg}, headers)
+
+    def _drop(self) -> None:
+        """Close the TCP connection without an answer (the order was accepted)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _read_body(self) -> str:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length).decode("utf-8") if length else ""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        body = self._read_body()
+        path = parts.path.rstrip("/")
+        try:
+            if path.startswith("/_"):
+                self._control(method, path, body)
+                return
+            with self.state.lock:
+                self.state.count("requests")
+                delay = self.state.faults.delay_ms
+                if self.state.take("ban"):
+                    raise _Limited(418, self.state.faults.retry_after)
+                if self.state.take("rate_limit"):
+                    raise _Limited(429, self.state.faults.retry_after)
+            self._api(method, path, parts.query, body, delay)
+        except _Limited as lim:
+            code = -1003
+            msg = (
+                "Too many requests; current limit is exceeded."
+                if lim.status == 429
+                else ("Way too many requests; IP banned.")
+            )
+            self._send(lim.status, {"code": code, "msg": msg}, {"Retry-After": str(lim.after)})
+        except ApiError as exc:
+            self._error(exc)
+
+    # control endpoints -----------------------------------------------------------------------
+    def _control(self, method: str, path: str, body: str) -> None:
+        state = self.state
+        if path == "/_orders" and method == "GET":
+            with state.lock:
+                self._send(200, state.orders + state.algo_orders)
+            return
+        if path == "/_stats" and method == "GET":
+            with state.lock:
+                self._send(200, {"stats": dict(state.stats), "faults": state.faults.to_dict()})
+            return
+        if path == "/_fault" and method == "GET":
+            with state.lock:
+                self._send(200, state.faults.to_dict())
+            return
+        if path == "/_fault" and method == "POST":
+            try:
+                values = json.loads(body or "{}")
+            except ValueError:
+                raise ApiError(400, -1, "body: not JSON") from None
+            if not isinstance(values, dict):
+                raise ApiError(400, -1, "body: must be a JSON object")
+            bad = [k for k in values if k not in FAULT_KEYS]
+            if bad:
+                raise ApiError(400, -1, f"{','.join(bad)}: unknown fault switch")
+            with state.lock:
+                for key, value in values.items():
+                    if not isinstance(value, int) or value < 0:
+                        raise ApiError(400, -1, f"{key}: must be a non-negative integer")
+                    setattr(state.faults, key, value)
+                self._send(200, state.faults.to_dict())
+            return
+        if path == "/_reset" and method == "POST":
+            with state.lock:
+                state.orders.clear()
+                state.algo_orders.clear()
+                state.stats.clear()
+                state.faults = Faults()
+                self._send(200, {"reset": True})
+            return
+        raise ApiError(404, -1, f"{method} {path}: no such control endpoint")
+
+    # API -----------------------------------------------------------------------------------
+    def _signed_params(self, query: str, body: str) -> dict[str, str]:
+        if self.headers.get("X-MBX-APIKEY") != self.state.api_key:
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        pairs = parse_qsl(query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+        params = dict(pairs)
+        signature = params.pop("signature", "")
+        # python-binance signs "k=v&..." in the order sent, the symbol URL-quoted.
+        payload = "&".join(
+            f"{k}={quote(v) if k == 'symbol' else v}" for k, v in pairs if k != "signature"
+        )
+        expected = hmac.new(
+            self.state.api_secret.encode(), payload.encode(), hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise ApiError(400, -1022, "Signature for this request is not valid.")
+        if "timestamp" not in params:
+            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent")
+        return params
+
+    def _api(self, method: str, path: str, query: str, body: str, delay_ms: int) -> None:
+        state = self.state
+        if path == "/fapi/v1/ping" and method == "GET":
+            self._after_delay(delay_ms, 200, {})
+            return
+        if path == "/fapi/v1/time" and method == "GET":
+            self._after_delay(delay_ms, 200, {"serverTime": int(time.time() * 1000)})
+            return
+        if path == "/fapi/v1/exchangeInfo" and method == "GET":
+            with state.lock:
+                info = [s.info() for s in state.symbols.values()]
+            self._after_delay(
+                delay_ms,
+                200,
+                {"timezone": "UTC", "serverTime": int(time.time() * 1000), "symbols": info},
+            )
+            return
+        if path in ("/fapi/v1/order", "/fapi/v1/algoOrder"):
+            algo = path.endswith("algoOrder")
+            params = self._signed_params(query, body)
+            if method == "POST":
+                self._new_order(params, algo, delay_ms)
+                return
+            if method == "GET":
+                self._query_order(params, algo, delay_ms)
+                return
+        raise ApiError(404, -1, f"{method} {path}: not implemented by the fake")
+
+    def _after_delay(self, delay_ms: int, status: int, body: Any) -> None:
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
+        self._send(status, body)
+
+    def _new_order(self, params: dict[str, str], algo: bool, delay_ms: int) -> None:
+        state = self.state
+        symbol = params.get("symbol", "")
+        side = params.get("side", "")
+        otype = params.get("type", "").upper()
+        id_key = "clientAlgoId" if algo else "newClientOrderId"
+        cid = params.get(id_key, "")
+        with state.lock:
+            spec = state.symbols.get(symbol)
+        if spec is None:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if side not in {"BUY", "SELL"}:
+            raise ApiError(400, -1117, "Invalid side.")
+        if algo != (otype in CONDITIONAL_TYPES) or otype not in ORDER_TYPES | CONDITIONAL_TYPES:
+            raise ApiError(400, -1116, "Invalid orderType.")
+        if not cid or len(cid) > 36:
+            raise ApiError(400, -4015, "Client order id length should not be more than 36 chars")
+        qty = _dec(params, "quantity")
+        assert qty is not None
+        price = _dec(params, "price", required=otype == "LIMIT")
+        trigger = _dec(params, "triggerPrice", required=algo)
+        if not _multiple(qty, Decimal(spec.step_size)) or qty < Decimal(spec.min_qty):
+            raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+        for value in (price, trigger):
+            if value is not None and not _multiple(value, Decimal(spec.tick_size)):
+                raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+        ref = price or trigger
+        if ref is not None and qty * ref < Decimal(spec.min_notional):
+            raise ApiError(
+                400,
+                -4164,
+                f"Order's notional must be no smaller than {spec.min_notional} "
+                "(unless you choose reduce only).",
+            )
+        now = int(time.time() * 1000)
+        with state.lock:
+            book = state.algo_orders if algo else state.orders
+            if any(o.get(id_key_out(algo)) == cid and o["_open"] for o in book):
+                raise ApiError(400, -4116, "ClientOrderId is duplicated.")
+            state.next_id += 1
+            filled = otype == "MARKET" and state.fill_market
+            order: dict[str, Any] = {
+                "symbol": symbol,
+                "side": side,
+                "type": otype,
+                "origQty": str(qty),
+                "price": str(price or 0),
+                "reduceOnly": params.get("reduceOnly", "false") == "true",
+                "updateTime": now,
+                "_open": not filled,
+            }
+            if algo:
+                order.update(
+                    {
+                        "algoId": state.next_id,
+                        "clientAlgoId": cid,
+                        "algoType": "CONDITIONAL",
+                        "orderType": otype,
+                        "triggerPrice": str(trigger),
+                        "algoStatus": "NEW",
+                        "createTime": now,
+                    }
+                )
+            else:
+                order.update(
+                    {
+                        "orderId": state.next_id,
+                        "clientOrderId": cid,
+                        "status": "FILLED" if filled else "NEW",
+                        "executedQty": str(qty) if filled else "0",
+                        "time": now,
+                    }
+                )
+            book.append(order)
+            state.count("orders_accepted")
+            drop = state.take("drop_after_accept")
+            error = not drop and state.take("error_after_accept")
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
+        if drop:
+            self._drop()
+            return
+        if error:
+            raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+        self._send(200, _public(order))
+
+    def _query_order(self, params: dict[str, str], algo: bool, delay_ms: int) -> None:
+        state = self.state
+        symbol = params.get("symbol", "")
+        if algo:
+            key, want = (
+                ("algoId", params["algoId"])
+                if "algoId" in params
+                else ("clientAlgoId", params.get("clientAlgoId", ""))
+            )
+        else:
+            key, want = (
+                ("orderId", params["orderId"])
+                if "orderId" in params
+                else ("clientOrderId", params.get("origClientOrderId", ""))
+            )
+        if not want:
+            raise ApiError(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent.")
+        with state.lock:
+            state.count("order_queries")
+            book = state.algo_orders if algo else state.orders
+            # The newest order with that id (ids may be reused once an order is closed).
+            found = [o for o in book if str(o.get(key)) == want and (algo or o["symbol"] == symbol)]
+        if not found:
+            raise ApiError(400, -2013, "Order does not exist.")
+        self._after_delay(delay_ms, 200, _public(found[-1]))
+
+
+def id_key_out(algo: bool) -> str:
+    return "clientAlgoId" if algo else "clientOrderId"
+
+
+def _public(order: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in order.items() if not k.startswith("_")}
+
+
+class _Limited(Exception):
+    def __init__(self, status: int, after: int) -> None:
+        super().__init__(status)
+        self.status = status
+        self.after = after
+
+
+# --- console entry ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="quantum-fake-binance",
+        description="Local fake Binance USD-M Futures REST server (tests and lab only).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--api-secret", default=DEFAULT_API_SECRET)
+    parser.add_argument(
+        "--open-market-orders",
+        action="store_true",
+        help="leave MARKET orders NEW (open) instead of filling them",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s %(message)s",
+    )
+    try:
+        server = FakeBinance(
+            args.host,
+            args.port,
+            api_key=args.api_key,
+            api_secret=args.api_secret,
+            fill_market=not args.open_market_orders,
+        )
+    except OSError as exc:
+        print(f"--port={args.port}: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("FAKE_BINANCE_LISTENING host=%s port=%d", args.host, server.port)
+    server.httpd.serve_forever()
+    server.httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
