@@ -216,8 +216,6 @@ class Worker:
         else:
             self._count(result)
         streams.ack(self.redis, entry.id)
-        if result.get("status") == "order_placed":
-            self.redis.delete(LEASE_PREFIX + trace_id)
         self.stats.processed += 1
         log.info(
             kv(
