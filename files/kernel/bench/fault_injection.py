@@ -377,7 +377,9 @@ def _score(
     per_tid = collections.Counter(r["trace_id"] for r in results)
     report.duplicate_results = sum(c - 1 for c in per_tid.values() if c > 1)
     report.missing_results = n - len(per_tid)
-    orders = [o for o in pipe.exchange.orders() if str(o.get("clientOrderId", "")).startswith("fi-")]
+    orders = [
+        o for o in pipe.exchange.orders() if str(o.get("clientOrderId", "")).startswith("fi-")
+    ]
     report.orders = len(orders)
     per_cid = collections.Counter(str(o["clientOrderId"]) for o in orders)
     report.duplicate_orders = sum(c - 1 for c in per_cid.values() if c > 1)
@@ -491,7 +493,7 @@ def main() -> int:
     parser.add_argument("--clean-intents", type=int, default=2000)
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from conftest import RedisServer  # the tests' redis-server wrapper (AOF on)
+    from conftest import RedisServer  # noqa: PLC0415 - tests/ is put on the path just above
 
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp))
@@ -505,8 +507,12 @@ def main() -> int:
             admin.config_set("appendfsync", "always")
             admin.flushall()
             report = run_faults(
-                server.url, server.restart, Path(tmp), n_intents=args.intents,
-                stale_ms=args.stale_ms, timeout_s=300,
+                server.url,
+                server.restart,
+                Path(tmp),
+                n_intents=args.intents,
+                stale_ms=args.stale_ms,
+                timeout_s=300,
             )
         finally:
             server.stop()

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from fault_injection import run_faults, table  # noqa: E402
+from fault_injection import run_faults, table
 
 STALE_MS = 2000
 

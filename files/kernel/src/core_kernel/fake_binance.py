@@ -208,7 +208,9 @@ class FakeBinance:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeBinance:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -265,7 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its timeout): exactly the situation being simulated.
+            self.close_connection = True
 
     def _error(self, exc: ApiError, headers: dict[str, str] | None = None) -> None:
         self._send(exc.status, {"code": exc.code, "msg": exc.msg}, headers)
