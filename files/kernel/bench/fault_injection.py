@@ -215,7 +215,7 @@ class Pipeline:
             "2",
         ]
         self.workers = [
-            WorkerProc(f"lab-{n}:quantum-execution", env, workdir / f"worker-{n}.log", args)
+            WorkerProc(f"lab-{n}:quantum-execution", dict(env), workdir / f"worker-{n}.log", args)
             for n in ("a", "b")
         ]
         self.client = streams.make_client(redis_url, socket_timeout=10)

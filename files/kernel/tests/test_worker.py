@@ -194,6 +194,7 @@ def test_bad_config_refuses_to_start(pipe, env, needle):
     full.update(env)
     proc = subprocess.run(
         [sys.executable, "-m", "core_kernel.worker"],
+        check=False,
         env=full,
         capture_output=True,
         text=True,
