@@ -39,45 +39,18 @@ def core_kernel_backup_name(path: str) -> str:
     return path.lstrip("/")
 
 
-def core_kernel_manifest_entry(pair: list[Any]) -> dict[str, Any]:
-    """(stat result, path) -> the manifest record rollback needs to put the path back."""
-    stat, path = pair
-    if not stat.get("exists"):
-        return {"path": path, "existed": False}
-    kind = "link" if stat.get("islnk") else "file" if stat.get("isreg") else "other"
-    return {
-        "path": path,
-        "existed": True,
-        "type": kind,
-        "sha256": stat.get("checksum", ""),
-        "owner": stat.get("pw_name", str(stat.get("uid", ""))),
-        "group": stat.get("gr_name", str(stat.get("gid", ""))),
-        "mode": stat.get("mode", ""),
-        "size": stat.get("size", 0),
-        "link_target": stat.get("lnk_source", "") if kind == "link" else "",
-        "backup": core_kernel_backup_name(path) if kind == "file" else "",
-    }
-
-
-def core_kernel_pairs_dict(pairs: list[Any]) -> dict[str, Any]:
-    return {str(k): v for k, v in pairs}
-
-
 def core_kernel_restore_check(pair: list[Any]) -> dict[str, Any]:
-    """(stat now, manifest record) -> is the path back to what the manifest recorded?"""
-    stat, rec = pair
-    exists = bool(stat.get("exists"))
+    """(record now, manifest record), both from core_kernel_state -> is the path back to what
+    the manifest recorded?"""
+    now, rec = pair
+    exists = bool(now.get("existed"))
     result: dict[str, Any] = {"path": rec["path"], "existed": rec["existed"], "exists": exists}
     if not rec["existed"]:
         result["ok"] = not exists
         return result
-    if rec.get("type") == "link":
-        result["ok"] = exists and stat.get("lnk_source", "") == rec.get("link_target")
-        return result
-    got = (stat.get("checksum"), stat.get("pw_name"), stat.get("gr_name"), stat.get("mode"))
-    want = (rec.get("sha256"), rec.get("owner"), rec.get("group"), rec.get("mode"))
-    result["ok"] = exists and got == want
-    result["sha256"] = stat.get("checksum", "")
+    keys = ("type", "sha256", "owner", "group", "mode", "link_target")
+    result["ok"] = exists and all(now.get(k) == rec.get(k) for k in keys)
+    result["sha256"] = now.get("sha256", "")
     return result
 
 
@@ -110,8 +83,6 @@ class FilterModule:
         return {
             "core_kernel_units": core_kernel_units,
             "core_kernel_backup_name": core_kernel_backup_name,
-            "core_kernel_manifest_entry": core_kernel_manifest_entry,
-            "core_kernel_pairs_dict": core_kernel_pairs_dict,
             "core_kernel_props": core_kernel_props,
             "core_kernel_restore_check": core_kernel_restore_check,
             "core_kernel_unit_mismatch": core_kernel_unit_mismatch,
