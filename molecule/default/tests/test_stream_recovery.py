@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -89,15 +90,20 @@ def test_units_pass_systemd_analyze_verify(host):
 
 
 def test_timer_enabled_and_scheduled(host):
-    props = show(
-        host,
-        TIMER,
-        "UnitFileState",
-        "ActiveState",
-        "NextElapseUSecMonotonic",
-        "LastTriggerUSec",
-        "TimersMonotonic",
-    )
+    # While the service runs, the next OnUnitActiveSec elapse is not known yet: poll briefly.
+    for _ in range(20):
+        props = show(
+            host,
+            TIMER,
+            "UnitFileState",
+            "ActiveState",
+            "NextElapseUSecMonotonic",
+            "LastTriggerUSec",
+            "TimersMonotonic",
+        )
+        if props["NextElapseUSecMonotonic"] not in ("", "0", "infinity"):
+            break
+        time.sleep(0.5)
     assert props["UnitFileState"] == "enabled"
     assert props["ActiveState"] == "active"
     assert props["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), props
