@@ -1,0 +1,186 @@
+"""The live scenario: a LIVE lab host deployed with the confirmation naming it.
+
+Refusals are proven by running playbooks/deploy.yml again from here (controller side) against
+the instance, with the project's real inventories' group_vars and without the confirmation:
+the run must fail in preflight with one line saying why, and the host (files, unit states,
+Redis) must be exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[3]
+KERNEL = "/opt/quantum/core-kernel/current/bin/core-kernel"
+ENV_FILE = "/etc/quantum/core_gates.env"
+SERVICE = "quantum-stream-recover.service"
+STREAM = "quantum:stream:trade.intent"
+GROUP = "quantum:group:execution:trade.intent"
+DEAD = "lab-dead-consumer"
+EVIDENCE_ROOT = "/var/lib/quantum/evidence"
+INTENT = {
+    "symbol": "BTCUSDT",
+    "side": "BUY",
+    "qty": "0.0001",
+    "price": "60000",
+    "expected_move_usd": "1.5",
+    "tp": "61500",
+    "sl": "59500",
+    "model": "NHiTS",
+    "regime": "TREND",
+    "leverage": "1",
+    "trace_id": "live-audit-0001",
+}
+
+
+def ansible_playbook() -> str:
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    assert found, "ansible-playbook not found next to the test interpreter or on PATH"
+    return found
+
+
+def run_deploy(
+    tmp_path: Path, instance: str, inventory: str, *extra: str
+) -> tuple[int, str, float]:
+    """deploy.yml against the instance with inventory/<inventory>/group_vars and no host_vars."""
+    inv = tmp_path / inventory
+    inv.mkdir()
+    (inv / "group_vars").symlink_to(PROJECT / "inventory" / inventory / "group_vars")
+    (inv / "hosts.yml").write_text(
+        "quantum_kernel:\n"
+        "  hosts:\n"
+        f"    {instance}:\n"
+        "      ansible_connection: containers.podman.podman\n"
+        "      ansible_python_interpreter: /usr/bin/python3\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["ANSIBLE_CONFIG"] = str(PROJECT / "ansible.cfg")
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    cmd = [ansible_playbook(), "-i", str(inv), "playbooks/deploy.yml", *extra]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+def refusal_line(output: str) -> str:
+    match = re.search(r"preflight refused on [^\n]*(?:\n\s+[^\n]*)*", output)
+    assert match, output[-3000:]
+    # The yaml result callback folds long messages; unfold to the one line the task failed with.
+    return " ".join(part.strip() for part in match.group(0).splitlines()).rstrip("'\"")
+
+
+def host_state(host) -> dict[str, object]:
+    """Files/units (rollback scenario's snapshot script), evidence dirs, Redis stream state."""
+    snapshot = json.loads(host.check_output("python3 /root/snapshot.py"))
+    evidence = host.check_output("ls -1A %s 2>/dev/null || true", EVIDENCE_ROOT)
+    pending = host.check_output("redis-cli XPENDING %s %s - + 100", STREAM, GROUP)
+    # XPENDING detail lines: id, consumer, idle ms, deliveries; idle grows by itself, drop it.
+    rows = pending.splitlines()
+    stable = [r for i, r in enumerate(rows) if i % 4 != 2]
+    stream_len = host.check_output("redis-cli XLEN %s", STREAM)
+    return {"snapshot": snapshot, "evidence": evidence, "pending": stable, "xlen": stream_len}
+
+
+@pytest.fixture(scope="module")
+def instance(host) -> str:
+    return str(host.backend.name)
+
+
+def test_mode_is_live_and_not_enforcing(host):
+    data = json.loads(host.check_output("%s mode --json --config %s", KERNEL, ENV_FILE))
+    assert data["mode"] == "LIVE", data
+    assert data["enforce"] is False and data["may_mutate"] is False, data
+    assert data["conflict"] is False, data
+
+
+def test_gates_are_audit_only(host):
+    # Under the host's detected mode (no --mode): a failing intent is reported, not held.
+    line = json.dumps(INTENT)
+    out = host.check_output("echo %s | %s evaluate --config %s", line, KERNEL, ENV_FILE)
+    result = json.loads(out.splitlines()[0])
+    assert result["mode"] == "LIVE", result
+    assert "MIN_NOTIONAL" in result["reasons"], result
+    assert result["enforced"] is False, result
+    assert result["verdict"] == "PASS", result
+
+
+def test_env_file_says_live(host):
+    text = host.file(ENV_FILE).content_string
+    assert "\nTRADING_MODE=LIVE\n" in text
+    assert "\nBINANCE_TESTNET=false\n" in text
+    assert "\nUSE_BINANCE_TESTNET=false\n" in text
+
+
+def test_recovery_reports_without_changing_redis(host):
+    before = host_state(host)
+    assert any(DEAD in row for row in before["pending"]), "the prepare's stale entry is gone"
+    host.check_output("systemctl start %s", SERVICE)
+    props = host.check_output("systemctl show -p Result --value %s", SERVICE).strip()
+    assert props == "success"
+    after = host_state(host)
+    assert after["pending"] == before["pending"], (before["pending"], after["pending"])
+    assert after["xlen"] == before["xlen"]
+    runs = [
+        json.loads(raw.strip())
+        for raw in host.check_output("journalctl --no-pager -o cat -u %s", SERVICE).splitlines()
+        if raw.strip().startswith("{")
+    ]
+    assert runs, "no recovery summary in the journal"
+    for run in runs:
+        assert run["mode"] == "LIVE" and run["acted"] is False, run
+        assert run["reclaimed"] == 0 and run["dead_lettered"] == 0 and run["zombies_deleted"] == []
+    # The last run saw the stale entry and only reported it.
+    assert runs[-1]["would_reclaim"] >= 1, runs[-1]
+    log = host.file("/var/log/quantum/stream_recover.log").content_string
+    assert "mode=LIVE" in log
+
+
+def test_live_run_without_confirmation_is_refused_and_changes_nothing(host, instance, tmp_path):
+    before = host_state(host)
+    rc, output, seconds = run_deploy(tmp_path, instance, "live")
+    after = host_state(host)
+    print(f"refusal (no confirmation) took {seconds:.1f} s")
+    assert rc != 0, output[-3000:]
+    line = refusal_line(output)
+    assert f"preflight refused on {instance}: LIVE run not confirmed" in line, line
+    assert f"core_kernel_confirm_live={instance}" in line, line
+    assert "changed=0" in output, output[-1500:]
+    assert after == before
+
+
+def test_live_run_with_wrong_confirmation_is_refused(host, instance, tmp_path):
+    before = host_state(host)
+    rc, output, _ = run_deploy(tmp_path, instance, "live", "-e", "core_kernel_confirm_live=other")
+    assert rc != 0
+    line = refusal_line(output)
+    assert "LIVE run not confirmed" in line and "(got other)" in line, line
+    assert host_state(host) == before
+
+
+def test_testnet_inventory_against_live_host_is_refused(host, instance, tmp_path):
+    before = host_state(host)
+    rc, output, seconds = run_deploy(tmp_path, instance, "testnet")
+    after = host_state(host)
+    print(f"refusal (mode mismatch) took {seconds:.1f} s")
+    assert rc != 0, output[-3000:]
+    line = refusal_line(output)
+    assert (
+        f"preflight refused on {instance}: inventory mode TESTNET does not match the host mode LIVE"
+        in line
+    ), line
+    assert "/etc/quantum/quantum.env:TRADING_MODE=LIVE" in line, line
+    assert "changed=0" in output, output[-1500:]
+    assert after == before
