@@ -5,7 +5,7 @@ set -uo pipefail
 if [[ "${1:-}" == --report ]]; then
   [[ -n "${TIMINGS_FILE:-}" && -s "$TIMINGS_FILE" ]] || exit 0
   printf '\n==== stage timings ====\n'
-  awk -F'\t' '{ printf "  %-34s %8.1f s  %s\n", $1, $2, $3; t += $2 } END { printf "  %-34s %8.1f s\n", "total (stages may nest)", t }' "$TIMINGS_FILE"
+  awk -F'\t' '{ printf "  %-34s %8.1f s  %s\n", $1, $2, $3; t += $2 } END { printf "  %-34s %8.1f s\n", "total", t }' "$TIMINGS_FILE"
   exit 0
 fi
 name=$1
