@@ -64,14 +64,17 @@ def main() -> int:
         files[path] = record(path)
     out = subprocess.run(
         ["systemctl", "show", "--no-pager", "-p", "Id,LoadState,ActiveState,UnitFileState", *UNITS],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     units = {}
     for block in out.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         units[props.get("Id", "?")] = props
     groups = {g.gr_name: sorted(g.gr_mem) for g in grp.getgrall() if g.gr_name == "quantum"}
-    json.dump({"files": files, "units": units, "groups": groups}, sys.stdout, indent=1, sort_keys=True)
+    state = {"files": files, "units": units, "groups": groups}
+    json.dump(state, sys.stdout, indent=1, sort_keys=True)
     return 0
 
 

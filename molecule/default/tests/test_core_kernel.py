@@ -54,7 +54,10 @@ def test_env_file_passes_check_config(host):
     host.check_output("%s check-config --config %s", KERNEL, ENV_FILE)
 
 
-@pytest.mark.parametrize("unit", ["quantum-execution.service", "quantum-ai-strategy-router.service"])
+APP_UNITS = ["quantum-execution.service", "quantum-ai-strategy-router.service"]
+
+
+@pytest.mark.parametrize("unit", APP_UNITS)
 def test_dropins_loaded_and_effective(host, unit):
     props = show(host, unit, "DropInPaths", "EnvironmentFiles", "Restart", "RestartUSec")
     assert f"/etc/systemd/system/{unit}.d/{DROPIN}" in props["DropInPaths"].split()
