@@ -48,8 +48,8 @@ elif cmd == "state":
 
 
 def helper(host, *args: str) -> object:
-    quoted = " ".join(f"'{a}'" for a in args)
-    cmd = host.run(f"{PY} -c {json.dumps(HELPER)} {quoted}")
+    # testinfra shell-quotes the arguments given after the command template
+    cmd = host.run(f"{PY} -c %s" + " %s" * len(args), HELPER, *args)
     assert cmd.rc == 0, cmd.stderr
     return json.loads(cmd.stdout)
 
