@@ -45,6 +45,32 @@ def test_admit_records_and_cooldown_applies(redis_client: redis.Redis) -> None:
     assert store.admit(valid(trace_id="c")).verdict is GateVerdict.PASS
 
 
+def test_trade_stamped_later_by_another_worker_is_not_a_negative_cooldown(
+    redis_client: redis.Redis,
+) -> None:
+    # Two workers read their clocks before their scripts run; the one that reads later can record
+    # first. With MIN_HOLD_SECONDS=0 the earlier reader must still pass, not see -1 ms < 0.
+    ahead, ahead_clock = make(redis_client, MIN_HOLD_SECONDS=0, MAX_TRADES_10MIN=100)
+    behind = KernelStore(
+        redis_client,
+        config(MIN_HOLD_SECONDS=0, MAX_TRADES_10MIN=100),
+        TradingMode.TESTNET,
+        clock=Clock(ahead_clock.now - 0.005),
+    )
+    assert ahead.admit(valid(trace_id="later-stamp")).verdict is GateVerdict.PASS
+    decision = behind.admit(valid(trace_id="earlier-stamp"))
+    assert decision.verdict is GateVerdict.PASS, decision.reasons
+    assert decision.context["seconds_since_last_trade"] == Decimal(0)
+    # With a real cooldown the clamp still holds the second trade.
+    held = KernelStore(
+        redis_client,
+        config(MAX_TRADES_10MIN=100),
+        TradingMode.TESTNET,
+        clock=Clock(ahead_clock.now - 0.005),
+    ).admit(valid(trace_id="earlier-stamp-2"))
+    assert held.reasons == (Reason.COOLDOWN,)
+
+
 def test_redelivered_intent_replays_without_recording(redis_client: redis.Redis) -> None:
     store, clock = make(redis_client)
     first = store.admit(valid(trace_id="dup"))

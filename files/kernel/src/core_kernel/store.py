@@ -210,7 +210,8 @@ class KernelStore:
 
 
 def _situation(now_ms: int, last_ms: int | None, count: int) -> Situation:
-    since = None if last_ms is None else Decimal(now_ms - last_ms).scaleb(-3)
+    # Clamped like admit.lua: another worker's clock may have stamped its trade a moment "later".
+    since = None if last_ms is None else Decimal(max(0, now_ms - last_ms)).scaleb(-3)
     return Situation(since, count, True)
 
 

@@ -1,7 +1,7 @@
 -- admit: read the shared state, record the trade if it passes, store the decision - atomically.
 -- The pure Python gates decided everything that needs no state (base_ok); this script only
 -- applies the two state gates with exactly the comparisons of gates.evaluate:
---   cooldown passes when  now - last >= min_hold   (integer ms)
+--   cooldown passes when  max(0, now - last) >= min_hold   (integer ms)
 --   rate passes when      count(score > window_start) < max_trades
 -- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET
 -- ARGV[1] now_ms  ARGV[2] min_hold_ms  ARGV[3] max_trades  ARGV[4] window_start_ms
@@ -16,7 +16,9 @@ local last = redis.call('GET', KEYS[2])
 local count = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[4], '+inf')
 local pass = ARGV[5] == '1'
 if pass and ARGV[6] == '1' then
-  if last and now - tonumber(last) < tonumber(ARGV[2]) then
+  -- Each worker reads its own clock before the script runs, so a trade recorded a moment
+  -- earlier by another worker can carry a later stamp: clamp the elapsed time at zero.
+  if last and math.max(0, now - tonumber(last)) < tonumber(ARGV[2]) then
     pass = false
   end
   if count >= tonumber(ARGV[3]) then
