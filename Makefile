@@ -76,6 +76,11 @@ deploy: host-setup venv lab
 	  echo "deploy: prepared, but there is nothing to deploy. Not done."; exit 1; fi
 	ansible-playbook -i inventory/lab playbooks/lab_prepare.yml
 	ansible-playbook -i inventory/lab playbooks/deploy.yml
+	@# Lab only: run the reference worker/router against the fake exchange, demonstrate one
+	@# intent published twice = one order, gate holds and a restart, then re-render the report.
+	ansible-playbook -i inventory/lab playbooks/lab_pipeline.yml
+	ansible-playbook -i inventory/lab playbooks/lab_demo.yml
+	ansible-playbook -i inventory/lab playbooks/report.yml
 	@if [[ -f $(REPORT) ]]; then \
 	  echo; echo "==== activation report: $(CURDIR)/$(REPORT) ===="; echo; cat $(REPORT); \
 	else echo "deploy: no activation report at $(REPORT)" >&2; exit 1; fi
