@@ -29,7 +29,13 @@ ORIGINAL_VALUES = {
 
 def show(host, unit: str, *props: str) -> dict[str, str]:
     out = host.check_output("systemctl show --no-pager -p %s %s", ",".join(props), unit)
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    # A property with several values (EnvironmentFiles=, one per file) comes as repeated lines.
+    values: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return {key: "\n".join(vals) for key, vals in values.items()}
 
 
 def env_values(host) -> dict[str, str]:
@@ -61,9 +67,8 @@ APP_UNITS = ["quantum-execution.service", "quantum-ai-strategy-router.service"]
 def test_dropins_loaded_and_effective(host, unit):
     props = show(host, unit, "DropInPaths", "EnvironmentFiles", "Restart", "RestartUSec")
     assert f"/etc/systemd/system/{unit}.d/{DROPIN}" in props["DropInPaths"].split()
-    assert props["EnvironmentFiles"].startswith(ENV_FILE) or f" {ENV_FILE} " in (
-        " " + props["EnvironmentFiles"] + " "
-    ), props["EnvironmentFiles"]
+    env_files = [line.split(" (", 1)[0] for line in props["EnvironmentFiles"].splitlines()]
+    assert ENV_FILE in env_files, props["EnvironmentFiles"]
     assert props["Restart"] == "always"
     assert props["RestartUSec"] == "3s"
 
