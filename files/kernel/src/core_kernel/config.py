@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator
@@ -274,3 +274,16 @@ def load_config(
         if not errors:
             return config
     raise ConfigError(errors)
+
+
+def load_service_config(path: str | os.PathLike[str] | None, err: TextIO) -> KernelConfig | None:
+    """For a service's start-up: the config, or None after writing every error to ``err``.
+
+    A service that gets None must exit non-zero rather than trade on defaults.
+    """
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=err)
+        return None

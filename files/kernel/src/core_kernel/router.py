@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import redis
 
 from core_kernel import streams
-from core_kernel.config import ConfigError, KernelConfig, load_config
+from core_kernel.config import KernelConfig, load_service_config
 from core_kernel.log import kv, setup_logging
 from core_kernel.worker import sd_notify
 
@@ -322,11 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     dem.add_argument("--out", default=None, help="write the JSON summary here too")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    config = load_service_config(args.config, sys.stderr)
+    if config is None:
         return 2
     client = streams.make_client(args.redis_url or config.redis_url, socket_timeout=30)
     try:

@@ -43,7 +43,7 @@ from typing import Any
 import redis
 
 from core_kernel import streams
-from core_kernel.config import ConfigError, KernelConfig, load_config
+from core_kernel.config import KernelConfig, load_service_config
 from core_kernel.exchange import (
     CONDITIONAL_TYPES,
     ExchangeError,
@@ -414,11 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     errors: list[str] = []
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    config = load_service_config(args.config, sys.stderr)
+    if config is None:
         return 2
     mode = detect_mode(config.mode_env()).mode
     if mode is TradingMode.LIVE and not args.allow_live:
