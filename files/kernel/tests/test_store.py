@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -13,8 +15,10 @@ from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core_kernel.gates import GateVerdict, Reason, Situation, evaluate
+from core_kernel import store as store_module
+from core_kernel.gates import GateVerdict, Intent, Reason, Situation, evaluate
 from core_kernel.mode import TradingMode
+from core_kernel.prefilter import certify
 from core_kernel.store import KernelStore
 
 
@@ -221,6 +225,7 @@ def test_concurrent_admits_never_exceed_the_rate_limit(redis_url: str, workers: 
     mode=st.sampled_from(list(TradingMode)),
     model=st.sampled_from(["NHiTS", "XGBoost"]),
     reduce_only=st.booleans(),
+    kind=st.sampled_from(["decimal", "float", "text"]),
 )
 def test_lua_state_gates_agree_with_pure_evaluate(
     redis_client: redis.Redis,
@@ -229,6 +234,7 @@ def test_lua_state_gates_agree_with_pure_evaluate(
     mode: TradingMode,
     model: str,
     reduce_only: bool,
+    kind: str,
 ) -> None:
     redis_client.flushdb()
     store, clock = make(redis_client, mode)
@@ -237,7 +243,8 @@ def test_lua_state_gates_agree_with_pure_evaluate(
         redis_client.zadd("quantum:kernel:trades", {f"m{i}": now_ms - 1000 * (i + 1)})
     if since_ms is not None:
         redis_client.set("quantum:kernel:last_trade:ETHUSDT", now_ms - since_ms)
-    intent = valid(trace_id="p", model=model, reduce_only=reduce_only)
+    # Decimals take the exact-first path; floats and text the float filter's early send.
+    intent = as_kind(valid(trace_id="p", model=model, reduce_only=reduce_only), kind)
     expected = evaluate(
         intent,
         Situation(None if since_ms is None else Decimal(since_ms) / 1000, trades),
@@ -250,6 +257,88 @@ def test_lua_state_gates_agree_with_pure_evaluate(
     assert "recomputed_verdict" not in got.context
     recorded = redis_client.zcard("quantum:kernel:trades") == trades + 1
     assert recorded is (got.verdict is GateVerdict.PASS and not reduce_only)
+
+
+def as_kind(intent: Intent, kind: str) -> Intent:
+    """The same intent with its numbers as Decimals, floats or text."""
+    if kind == "decimal":
+        return intent
+    convert = float if kind == "float" else str
+    numbers = ("qty", "price", "expected_move_usd", "tp", "sl")
+    return replace(intent, **{k: convert(getattr(intent, k)) for k in numbers})
+
+
+def test_float_and_text_intents_take_the_early_send_and_decide_the_same(
+    redis_client: redis.Redis,
+) -> None:
+    store, clock = make(redis_client)
+    first = store.admit(as_kind(valid(trace_id="e1", tp=Decimal(3600)), "float"))
+    assert certify(as_kind(valid(tp=Decimal(3600)), "float"), store.params, store.mode)
+    assert first.verdict is GateVerdict.PASS
+    assert first.context["client_order_id"] == "e1"
+    assert first.context["r"] == Decimal("2.85714285714")
+    clock.now += 1
+    held = store.admit(as_kind(valid(trace_id="e2", tp=Decimal(3600)), "text"))
+    assert held.reasons == (Reason.COOLDOWN,)
+    assert held.context["seconds_since_last_trade"] == Decimal("1.000")
+    replay = store.admit(as_kind(valid(trace_id="e1", tp=Decimal(3600)), "float"))
+    assert replay.replayed and replay.verdict is GateVerdict.PASS
+    assert redis_client.zcard("quantum:kernel:trades") == 1
+
+
+@pytest.mark.parametrize(("lie", "recorded"), [(True, 1), (False, 0)])
+def test_a_filter_that_disagrees_with_the_exact_gates_fails_closed(
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    lie: bool,
+    recorded: int,
+) -> None:
+    """If the float filter ever certified the wrong bit, admit must still never place it."""
+    store, _ = make(redis_client)
+    intent = as_kind(valid(trace_id="lie", tp=Decimal(3600), model="XGBoost"), "float")
+    if not lie:  # a valid trade the filter wrongly calls a failure
+        intent = replace(intent, model="NHiTS")
+    monkeypatch.setattr(store_module, "certify", lambda *_: (lie, "ETHUSDT"))
+    with caplog.at_level(logging.ERROR, logger="core_kernel.gates"):
+        decision = store.admit(intent)
+    assert decision.verdict is GateVerdict.HOLD
+    assert "GATE_INCONSISTENT" in caplog.text
+    assert redis_client.get("quantum:dedup:order:lie").startswith("H|")
+    assert redis_client.ttl("quantum:dedup:order:lie") > 86000
+    # a trade the lie let the script record stays counted: it can only hold back later ones
+    assert redis_client.zcard("quantum:kernel:trades") == recorded
+    monkeypatch.undo()
+    replay = store.admit(intent)
+    assert replay.replayed and replay.verdict is GateVerdict.HOLD
+
+
+def test_a_forked_child_never_shares_the_parents_admit_connection(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = KernelStore(client, config(MAX_TRADES_10MIN=100), TradingMode.TESTNET)
+    assert store.admit(valid(trace_id="parent-1", symbol="AUSDT")).verdict is GateVerdict.PASS
+    parent_conn = store._connection()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child() -> None:
+        same = store._connection() is parent_conn
+        verdict = store.admit(valid(trace_id="child-1", symbol="BUSDT")).verdict.value
+        out.put((same, verdict))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    same, verdict = out.get(timeout=30)
+    proc.join(timeout=30)
+    assert proc.exitcode == 0
+    assert (same, verdict) == (False, "PASS")
+    # the parent's connection is untouched: no reply of the child's ever lands on it
+    assert store._connection() is parent_conn
+    assert store.admit(valid(trace_id="parent-2", symbol="CUSDT")).verdict is GateVerdict.PASS
+    store.close()
+    assert not parent_conn.is_connected
+    assert store.admit(valid(trace_id="parent-3", symbol="DUSDT")).verdict is GateVerdict.PASS
+    client.close()
 
 
 def test_script_cache_flush_is_survived(redis_client: redis.Redis) -> None:
