@@ -118,6 +118,13 @@ numbers = st.one_of(
 )
 
 
+def _intent(symbol: str, side: str, numbers: tuple[Any, ...], *rest: Any, kind: str) -> Intent:
+    """qty, price, move, tp, sl in ``numbers``; model, regime, leverage in ``rest``."""
+    model, regime, leverage = rest
+    qty, price, move, tp, sl = (_form(v, kind) for v in numbers)
+    return Intent(symbol, side, qty, price, move, tp, sl, model, regime, _form(leverage, kind), "t")
+
+
 def _form(value: Any, kind: str) -> Any:
     if not isinstance(value, float) or not math.isfinite(value):
         return value
@@ -164,19 +171,7 @@ def test_near_every_threshold_certify_agrees_with_exact(
     tp = _near(price + reward if buy else price - reward, r_jitter)
     qty = _near(float(params.min_notional_usd) / price, qty_jitter)
     move = _near(price * qty * float(params.friction_rate * params.edge_multiplier), move_jitter)
-    intent = Intent(
-        "ETHUSDT",
-        side,
-        _form(qty, kind),
-        _form(price, kind),
-        _form(move, kind),
-        _form(tp, kind),
-        _form(sl, kind),
-        model,
-        regime,
-        5,
-        "t",
-    )
+    intent = _intent("ETHUSDT", side, (qty, price, move, tp, sl), model, regime, 5, kind=kind)
     got = certify(intent, params, mode)
     assert got is None or got == exact(intent, params, mode)
 
@@ -206,19 +201,8 @@ def test_on_any_input_certify_agrees_with_exact(
     kind: str,
     mode: TradingMode,
 ) -> None:
-    intent = Intent(
-        symbol,
-        side,
-        _form(qty, kind),
-        _form(price, kind),
-        _form(move, kind),
-        _form(tp, kind),
-        _form(sl, kind),
-        "NHiTS",
-        "TREND",
-        _form(leverage, kind),
-        "t",
-    )
+    numbers = (qty, price, move, tp, sl)
+    intent = _intent(symbol, side, numbers, "NHiTS", "TREND", leverage, kind=kind)
     got = certify(intent, DEFAULT, mode)
     assert got is None or got == exact(intent, DEFAULT, mode)
 

@@ -454,18 +454,8 @@ def _stateless(  # noqa: PLR0915 - one straight pass over the gates is the fast 
     if direction is None:
         invalid["side"] = _missing(intent.side) if side_text is None else "unknown side"
 
-    # Valid floats are converted inline (a call costs a third of the conversion on this path).
-    q, p = intent.qty, intent.price
-    qty = (
-        Decimal(repr(q))
-        if type(q) is float and _FMIN <= q < _FMAX
-        else _positive("qty", q, invalid)
-    )
-    price = (
-        Decimal(repr(p))
-        if type(p) is float and _FMIN <= p < _FMAX
-        else _positive("price", p, invalid)
-    )
+    qty = _positive("qty", intent.qty, invalid)
+    price = _positive("price", intent.price, invalid)
     if intent.leverage is not None and intent.leverage != "":
         _positive("leverage", intent.leverage, invalid)
 
@@ -479,26 +469,14 @@ def _stateless(  # noqa: PLR0915 - one straight pass over the gates is the fast 
         ctx["side"] = side_up
 
     if not exit_only:
-        m = intent.expected_move_usd
-        move_raw = (
-            Decimal(repr(m)) if type(m) is float and _FMIN <= abs(m) < _FMAX else to_decimal(m)
-        )
+        move_raw = to_decimal(intent.expected_move_usd)
         move: Decimal | None = None
         if type(move_raw) is str:
             invalid["expected_move_usd"] = move_raw
         else:
             move = move_raw  # type: ignore[assignment]
-        t, s = intent.tp, intent.sl
-        tp = (
-            Decimal(repr(t))
-            if type(t) is float and _FMIN <= t < _FMAX
-            else _positive("tp", t, invalid)
-        )
-        sl = (
-            Decimal(repr(s))
-            if type(s) is float and _FMIN <= s < _FMAX
-            else _positive("sl", s, invalid)
-        )
+        tp = _positive("tp", intent.tp, invalid)
+        sl = _positive("sl", intent.sl, invalid)
         if direction is not None and price is not None:
             # Plain comparisons: exact for Decimals, no rounding context involved.
             if tp is not None and (tp <= price if direction > 0 else tp >= price):
