@@ -171,3 +171,18 @@ def test_no_index_access_needed_on_the_host(host):
     assert "quantum-core-kernel" in freeze
     wheels = host.check_output("ls /opt/quantum/core-kernel/wheelhouse/*/")
     assert "quantum_core_kernel-" in wheels
+
+
+def test_old_releases_pruned_after_the_proven_deploy(host):
+    # prepare.yml left three dated releases (and wheelhouses) and a non-release directory;
+    # core_kernel_keep_releases=3 keeps the new current release and the two newest old ones.
+    current = host.file("/opt/quantum/core-kernel/current").linked_to.rsplit("/", 1)[1]
+    releases = set(host.file("/opt/quantum/core-kernel/releases").listdir())
+    assert releases == {current, "0.0.3-cccccccccccc", "0.0.2-bbbbbbbbbbbb", "notes"}
+    wheelhouses = set(host.file("/opt/quantum/core-kernel/wheelhouse").listdir())
+    assert "aaaaaaaaaaaa" not in wheelhouses
+    assert {"bbbbbbbbbbbb", "cccccccccccc", current.rsplit("-", 1)[1]} <= wheelhouses
+    pruned = host.check_output(
+        "cat $(ls -d /var/lib/quantum/evidence/core_kernel_* | head -1)/after/pruned_releases.txt"
+    )
+    assert pruned.split() == ["0.0.1-aaaaaaaaaaaa"]
