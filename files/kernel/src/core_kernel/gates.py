@@ -316,13 +316,12 @@ def _positive(name: str, raw: Any, invalid: dict[str, str]) -> Decimal | None:
     if kind is float:
         if _FMIN <= raw < _FMAX:
             return Decimal(repr(raw))
-    elif kind is str:
-        if len(raw) <= 64:
-            try:
-                dec = Decimal(raw)
-            except InvalidOperation:
-                invalid[name] = "missing" if not raw.strip() else "not a number"
-                return None
+    elif kind is str and len(raw) <= 64:
+        try:
+            dec = Decimal(raw)
+        except InvalidOperation:
+            pass  # to_decimal below names the reason
+        else:
             if dec.is_finite() and dec > 0 and -30 <= dec.adjusted() <= 14:
                 return dec
     elif kind is int and 0 < raw < _IMAX:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core_kernel.gates import _SIDES, GateParams, Intent, symbol_ok
+from core_kernel.gates import _LIVE, _SIDES, GateParams, Intent, symbol_ok
 from core_kernel.mode import TradingMode
 
 _MARGIN = 1e-9
@@ -32,7 +32,6 @@ _MARGIN = 1e-9
 _LO = 1e-30 * (1 + 1e-6)
 _HI = 1e15 * (1 - 1e-6)
 _INT_EXACT = 2**53
-_LIVE = TradingMode.LIVE
 
 
 def _number(value: Any) -> float | None:

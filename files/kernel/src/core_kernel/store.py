@@ -38,7 +38,6 @@ from core_kernel.streams import (
     _SCRIPTS,
     DEDUP_TTL_SECONDS,
     DEFAULT_PREFIX,
-    ORDER_DEDUP_PREFIX,
     _s,
     client_order_id,
     load_lua,
@@ -48,7 +47,6 @@ from core_kernel.streams import (
 log = logging.getLogger("core_kernel.gates")
 
 _PASS, _HOLD = GateVerdict.PASS, GateVerdict.HOLD
-_INFO, _WARNING = logging.INFO, logging.WARNING
 
 # Counts fork()s, so a connection made before one is never used after it (cheaper than
 # os.getpid(), a system call, on every decision).
@@ -173,10 +171,10 @@ class KernelStore:
             base_ok, symbol = quick
             entry = True
         keys_args = (
-            f"{self.key_prefix}{ORDER_DEDUP_PREFIX}{trace_id}",
-            f"{self._last_trade_prefix}{symbol}",
+            self.order_key(trace_id),
+            self.last_trade_key(symbol),
             self.trades_key,
-            int(self.clock() * 1000),
+            self._now_ms(),
             # the script's flags: base_ok + 2 * state_gated + 4 * is_entry
             (1 if base_ok else 0) + (2 if self._enforce and entry else 0) + (4 if entry else 0),
             f"{symbol}:{trace_id}",
@@ -189,7 +187,8 @@ class KernelStore:
             log.error(
                 kv("GATE_STATE_ERROR", {"trace_id": trace_id, "error": f"{type(exc).__name__}"})
             )
-            partial = self._judge(intent, trace_id)
+            if partial is None:
+                partial = self._judge(intent, trace_id)
             decision = gates.finish(partial, Situation.unavailable(), self.params, self.mode)
             _log_decision(decision)
             return decision
@@ -331,8 +330,7 @@ def _situation(now_ms: int, last_ms: int | None, count: int) -> Situation:
 
 
 def _log_decision(decision: Decision) -> None:
-    # LIVE's would-be HOLDs (GATE_AUDIT: a PASS with reasons) are warnings, the rest INFO.
-    audit = decision.verdict is _PASS and decision.reasons and not decision.enforced
-    level = _WARNING if audit else _INFO
+    event = gates.log_event(decision)
+    level = logging.WARNING if event == "GATE_AUDIT" else logging.INFO
     if log.isEnabledFor(level):
-        log.log(level, kv(gates.log_event(decision), gates.log_fields(decision)))
+        log.log(level, kv(event, gates.log_fields(decision)))
