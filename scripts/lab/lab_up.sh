@@ -16,6 +16,14 @@ fi
 
 state=$(podman container inspect --format '{{.State.Status}}' "$NAME" 2>/dev/null || echo absent)
 start=$(date +%s.%N)
+# podman can keep calling a container "running" after its process died outside its control
+# (then every exec fails and stop hangs in "stopping"). The lab host is disposable and
+# `make deploy` prepares it from scratch, so such a husk is replaced.
+if [[ "$state" == running ]] && ! podman exec "$NAME" true 2>/dev/null; then
+  say "$NAME is marked running but does not answer (its process is gone); recreating it"
+  podman rm -f "$NAME" >/dev/null
+  state=absent
+fi
 case "$state" in
   running)
     say "$NAME is already running"
