@@ -10,7 +10,11 @@ set -euo pipefail
 
 IMAGE=${LAB_IMAGE:-localhost/quantum-lab}
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,redis-server,redis-tools,procps,iproute2,logrotate,ca-certificates,sudo,acl,less
+# openssh-server: the ssh scenario reaches the host as an operator would. prometheus and the
+# exporters: the monitoring proof. All are installed but disabled, so a scenario that does not
+# enable them runs none of them.
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,redis-server,redis-tools,procps,iproute2,logrotate,ca-certificates,sudo,acl,less,curl,openssh-server,prometheus,prometheus-node-exporter,prometheus-redis-exporter
+DISABLED_UNITS=(ssh.service ssh.socket prometheus.service prometheus-node-exporter.service prometheus-redis-exporter.service)
 # Units that have nothing to do in a container and would fail or hang there. getty units would
 # wait on a console nobody attaches to; remount-fs tries to remount the podman-provided root.
 MASK_UNITS=(
@@ -48,7 +52,7 @@ detect_mirror() {
 MIRROR=${LAB_MIRROR:-$(detect_mirror)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 # Hash only the build recipe: this script plus the values it builds from.
-HASH=$({ cat "${BASH_SOURCE[0]}"; printf '%s\n' "$SUITE" "$PACKAGES" "$MIRROR" "${MASK_UNITS[*]}"; } \
+HASH=$({ cat "${BASH_SOURCE[0]}"; printf '%s\n' "$SUITE" "$PACKAGES" "$MIRROR" "${MASK_UNITS[*]}" "${DISABLED_UNITS[*]}"; } \
   | sha256sum | cut -c1-12)
 
 if [[ "${LAB_FORCE:-0}" != 1 ]] && podman image exists "$IMAGE:$HASH"; then
@@ -82,6 +86,9 @@ grep -qx 'bind 127.0.0.1' "$redis_conf" && grep -qx 'appendonly yes' "$redis_con
   || { say "could not set bind/appendonly in redis.conf" >&2; exit 1; }
 chroot "$rootfs" systemctl enable redis-server.service >/dev/null 2>&1
 chroot "$rootfs" systemctl mask "${MASK_UNITS[@]}" >/dev/null 2>&1
+chroot "$rootfs" systemctl disable "${DISABLED_UNITS[@]}" >/dev/null 2>&1 || true
+# Host keys are made per container at first boot (ssh-keygen -A in the ssh scenario), never shared.
+rm -f "$rootfs"/etc/ssh/ssh_host_*
 
 # A fresh machine id on every container start; no stale apt/debootstrap leftovers.
 : >"$rootfs/etc/machine-id"
