@@ -7,11 +7,31 @@ of the parameter string, ``X-MBX-APIKEY`` header). ``newClientOrderId`` must be 
 orders (-4116 otherwise); MARKET orders fill at once by default, so a blind resend after a lost
 answer would create a second order - which is what the fault tests must catch.
 
-Fault switches, set by ``POST /_fault`` (JSON) or the constructor, each a count of the next order
-requests (or requests, for ``rate_limit``) it applies to:
-``delay_ms`` (every answer, while set), ``drop_after_accept``, ``error_after_accept`` (503),
-``rate_limit`` (429 with ``Retry-After: retry_after``), ``ban`` (418). ``GET /_orders`` lists
-every accepted order; ``GET /_stats`` counts requests; ``POST /_reset`` clears everything.
+Fault switches, set by ``POST /_fault`` (JSON) or the constructor. Counted switches apply to
+the next N requests of their kind; the others hold while set:
+
+* ``delay_ms`` every answer is delayed; ``rate_limit`` / ``ban``: 429 / 418 with
+  ``Retry-After: retry_after``.
+* ``drop_after_accept`` / ``error_after_accept``: the order is accepted, then the connection is
+  dropped / answered 503.
+* ``ack_1007`` / ``ack_503`` / ``ack_408`` / ``ack_drop``: New Order answered HTTP 408 -1007
+  ("send status unknown"), 503 "Unknown error", HTTP 408 -1006 or a dropped connection,
+  *before* executing; the order then executes ``execute_after_ms`` later when
+  ``ambiguous_executes`` is 1 (default), or never when 0 (see ``_AMBIGUOUS_ANSWERS``).
+* ``visibility_ms``: an accepted order is invisible to Query Order (-2013) for that long.
+* ``query_5xx`` / ``query_1021`` / ``query_403``: Query Order fails (503, -1021, 403 WAF page)
+  independently of New Order.
+* ``engine_delay_ms``: time between a New Order's arrival and the matching engine.
+* ``clock_offset_ms`` (may be negative): the server clock is the host clock plus this.
+* ``dual_side``: 1 = hedge mode (also ``POST /fapi/v1/positionSide/dual``).
+
+Every signed request is checked against the server clock as Binance does: rejected with -1021
+when its ``timestamp`` is more than 1000 ms ahead, or when ``timestamp + recvWindow`` has passed
+- on arrival *and* again when the order reaches the engine (a delayed or ambiguous order whose
+window passed is never executed). ``recvWindow`` defaults to 5000 and may not exceed 60000.
+MIN_NOTIONAL (-4164) uses the price, trigger price or the symbol's mark price (MARKET) and
+exempts ``reduceOnly`` orders. Hedge mode needs ``positionSide`` LONG/SHORT and refuses
+``reduceOnly`` (-1106); one-way mode accepts only ``BOTH`` (or no ``positionSide``).
 """
 
 from __future__ import annotations
@@ -49,7 +69,27 @@ FAULT_KEYS = (
     "rate_limit",
     "ban",
     "retry_after",
+    "ack_1007",
+    "ack_503",
+    "ack_408",
+    "ack_drop",
+    "execute_after_ms",
+    "ambiguous_executes",
+    "visibility_ms",
+    "query_5xx",
+    "query_1021",
+    "query_403",
+    "engine_delay_ms",
+    "clock_offset_ms",
+    "dual_side",
 )
+# The only switch that may be negative: a server clock behind the host's.
+SIGNED_KEYS = frozenset({"clock_offset_ms"})
+AMBIGUOUS_KEYS = ("ack_1007", "ack_503", "ack_408", "ack_drop")
+DEFAULT_RECV_WINDOW_MS = 5000
+MAX_RECV_WINDOW_MS = 60000
+# Binance accepts a timestamp at most this far ahead of its clock.
+MAX_AHEAD_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +100,7 @@ class SymbolSpec:
     min_qty: str
     max_qty: str
     min_notional: str
+    mark_price: str = "0"
 
     def info(self) -> dict[str, Any]:
         return {
@@ -96,10 +137,10 @@ class SymbolSpec:
 
 
 DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
-    SymbolSpec("BTCUSDT", "0.10", "0.001", "0.001", "1000", "100"),
-    SymbolSpec("ETHUSDT", "0.01", "0.001", "0.001", "10000", "20"),
-    SymbolSpec("SOLUSDT", "0.0100", "1", "1", "100000", "5"),
-    SymbolSpec("XRPUSDT", "0.0001", "0.1", "0.1", "10000000", "5"),
+    SymbolSpec("BTCUSDT", "0.10", "0.001", "0.001", "1000", "100", "60000"),
+    SymbolSpec("ETHUSDT", "0.01", "0.001", "0.001", "10000", "20", "3000"),
+    SymbolSpec("SOLUSDT", "0.0100", "1", "1", "100000", "5", "150"),
+    SymbolSpec("XRPUSDT", "0.0001", "0.1", "0.1", "10000000", "5", "0.6"),
 )
 
 
@@ -111,6 +152,19 @@ class Faults:
     rate_limit: int = 0
     ban: int = 0
     retry_after: int = 1
+    ack_1007: int = 0
+    ack_503: int = 0
+    ack_408: int = 0
+    ack_drop: int = 0
+    execute_after_ms: int = 0
+    ambiguous_executes: int = 1
+    visibility_ms: int = 0
+    query_5xx: int = 0
+    query_1021: int = 0
+    query_403: int = 0
+    engine_delay_ms: int = 0
+    clock_offset_ms: int = 0
+    dual_side: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in FAULT_KEYS}
@@ -132,6 +186,10 @@ class FakeState:
     stats: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_id: int = 1_000_000
+
+    def now_ms(self) -> int:
+        """The server clock: the host clock plus ``clock_offset_ms``."""
+        return int(time.time() * 1000) + int(self.faults.clock_offset_ms)
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -347,10 +405,13 @@ class _Handler(BaseHTTPRequestHandler):
             bad = [k for k in values if k not in FAULT_KEYS]
             if bad:
                 raise ApiError(400, -1, f"{','.join(bad)}: unknown fault switch")
+            for key, value in values.items():
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ApiError(400, -1, f"{key}: must be an integer")
+                if value < 0 and key not in SIGNED_KEYS:
+                    raise ApiError(400, -1, f"{key}: must be a non-negative integer")
             with state.lock:
                 for key, value in values.items():
-                    if not isinstance(value, int) or value < 0:
-                        raise ApiError(400, -1, f"{key}: must be a non-negative integer")
                     setattr(state.faults, key, value)
                 self._send(200, state.faults.to_dict())
             return
@@ -380,8 +441,10 @@ class _Handler(BaseHTTPRequestHandler):
         ).hexdigest()
         if not hmac.compare_digest(expected, signature):
             raise ApiError(400, -1022, "Signature for this request is not valid.")
-        if "timestamp" not in params:
-            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent")
+        window = _window(params)
+        with self.state.lock:
+            now = self.state.now_ms()
+        _check_window(window, now)
         return params
 
     def _api(self, method: str, path: str, query: str, body: str, delay_ms: int) -> None:
@@ -390,16 +453,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._after_delay(delay_ms, 200, {})
             return
         if path == "/fapi/v1/time" and method == "GET":
-            self._after_delay(delay_ms, 200, {"serverTime": int(time.time() * 1000)})
+            with state.lock:
+                now = state.now_ms()
+            self._after_delay(delay_ms, 200, {"serverTime": now})
             return
         if path == "/fapi/v1/exchangeInfo" and method == "GET":
             with state.lock:
                 info = [s.info() for s in state.symbols.values()]
+                now = state.now_ms()
             self._after_delay(
-                delay_ms,
-                200,
-                {"timezone": "UTC", "serverTime": int(time.time() * 1000), "symbols": info},
+                delay_ms, 200, {"timezone": "UTC", "serverTime": now, "symbols": info}
             )
+            return
+        if path == "/fapi/v1/positionSide/dual":
+            params = self._signed_params(query, body)
+            with state.lock:
+                if method == "POST":
+                    raw = params.get("dualSidePosition", "").lower()
+                    if raw not in {"true", "false"}:
+                        raise ApiError(400, -1102, "Mandatory parameter 'dualSidePosition'.")
+                    state.faults.dual_side = int(raw == "true")
+                    answer: dict[str, Any] = {"code": 200, "msg": "success"}
+                else:
+                    answer = {"dualSidePosition": bool(state.faults.dual_side)}
+            self._after_delay(delay_ms, 200, answer)
             return
         if path in ("/fapi/v1/order", "/fapi/v1/algoOrder"):
             algo = path.endswith("algoOrder")
@@ -419,89 +496,50 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _new_order(self, params: dict[str, str], algo: bool, delay_ms: int) -> None:
         state = self.state
-        symbol = params.get("symbol", "")
-        side = params.get("side", "")
-        otype = params.get("type", "").upper()
-        id_key = "clientAlgoId" if algo else "newClientOrderId"
-        cid = params.get(id_key, "")
+        order = _validate_order(state, params, algo)
+        window = _window(params)
         with state.lock:
-            spec = state.symbols.get(symbol)
-        if spec is None:
-            raise ApiError(400, -1121, "Invalid symbol.")
-        if side not in {"BUY", "SELL"}:
-            raise ApiError(400, -1117, "Invalid side.")
-        if algo != (otype in CONDITIONAL_TYPES) or otype not in ORDER_TYPES | CONDITIONAL_TYPES:
-            raise ApiError(400, -1116, "Invalid orderType.")
-        if not cid or len(cid) > 36:
-            raise ApiError(400, -4015, "Client order id length should not be more than 36 chars")
-        qty = _dec(params, "quantity")
-        assert qty is not None
-        price = _dec(params, "price", required=otype == "LIMIT")
-        trigger = _dec(params, "triggerPrice", required=algo)
-        if not _multiple(qty, Decimal(spec.step_size)) or qty < Decimal(spec.min_qty):
-            raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
-        for value in (price, trigger):
-            if value is not None and not _multiple(value, Decimal(spec.tick_size)):
-                raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
-        ref = price or trigger
-        if ref is not None and qty * ref < Decimal(spec.min_notional):
-            raise ApiError(
-                400,
-                -4164,
-                f"Order's notional must be no smaller than {spec.min_notional} "
-                "(unless you choose reduce only).",
-            )
-        now = int(time.time() * 1000)
+            engine_delay = state.faults.engine_delay_ms
+        if engine_delay:
+            time.sleep(engine_delay / 1000)
+        drop = error = False
         with state.lock:
-            book = state.algo_orders if algo else state.orders
-            if any(o.get(id_key_out(algo)) == cid and o["_open"] for o in book):
-                raise ApiError(400, -4116, "ClientOrderId is duplicated.")
-            state.next_id += 1
-            filled = otype == "MARKET" and state.fill_market
-            order: dict[str, Any] = {
-                "symbol": symbol,
-                "side": side,
-                "type": otype,
-                "origQty": str(qty),
-                "price": str(price or 0),
-                "reduceOnly": params.get("reduceOnly", "false") == "true",
-                "updateTime": now,
-                "_open": not filled,
-            }
-            if algo:
-                order.update(
-                    {
-                        "algoId": state.next_id,
-                        "clientAlgoId": cid,
-                        "algoType": "CONDITIONAL",
-                        "orderType": otype,
-                        "triggerPrice": str(trigger),
-                        "algoStatus": "NEW",
-                        "createTime": now,
-                    }
-                )
+            ambiguous = next((k for k in AMBIGUOUS_KEYS if state.take(k)), None)
+            if ambiguous is None:
+                # The engine checks the window again: a request that reached it late is refused.
+                _check_window(window, state.now_ms())
+                _accept(state, order, algo)
+                drop = state.take("drop_after_accept")
+                error = not drop and state.take("error_after_accept")
             else:
-                order.update(
-                    {
-                        "orderId": state.next_id,
-                        "clientOrderId": cid,
-                        "status": "FILLED" if filled else "NEW",
-                        "executedQty": str(qty) if filled else "0",
-                        "time": now,
-                    }
-                )
-            book.append(order)
-            state.count("orders_accepted")
-            drop = state.take("drop_after_accept")
-            error = not drop and state.take("error_after_accept")
+                executes = bool(state.faults.ambiguous_executes)
+                later_ms = state.faults.execute_after_ms
+                if executes and later_ms == 0:
+                    _accept_if_in_window(state, order, algo, window)
+                elif executes:
+                    timer = threading.Timer(
+                        later_ms / 1000, _late_accept, (state, order, algo, window)
+                    )
+                    timer.daemon = True
+                    timer.start()
         if delay_ms:
             time.sleep(delay_ms / 1000)
+        if ambiguous is not None:
+            self._ambiguous(ambiguous)
+            return
         if drop:
             self._drop()
             return
         if error:
             raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
         self._send(200, _public(order))
+
+    def _ambiguous(self, kind: str) -> None:
+        if kind == "ack_drop":
+            self._drop()
+            return
+        status, code, msg = _AMBIGUOUS_ANSWERS[kind]
+        self._error(ApiError(status, code, msg))
 
     def _query_order(self, params: dict[str, str], algo: bool, delay_ms: int) -> None:
         state = self.state
@@ -522,12 +560,190 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent.")
         with state.lock:
             state.count("order_queries")
+            if state.take("query_5xx"):
+                raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+            if state.take("query_1021"):
+                raise ApiError(
+                    400, -1021, "Timestamp for this request is outside of the recvWindow."
+                )
+            if state.take("query_403"):
+                raise ApiError(403, 0, "Forbidden (WAF)")
+            now = state.now_ms()
             book = state.algo_orders if algo else state.orders
-            # The newest order with that id (ids may be reused once an order is closed).
-            found = [o for o in book if str(o.get(key)) == want and (algo or o["symbol"] == symbol)]
+            # The newest visible order with that id (ids may be reused once an order is closed).
+            found = [
+                o
+                for o in book
+                if str(o.get(key)) == want
+                and (algo or o["symbol"] == symbol)
+                and o["_visible_at"] <= now
+            ]
         if not found:
             raise ApiError(400, -2013, "Order does not exist.")
         self._after_delay(delay_ms, 200, _public(found[-1]))
+
+
+_AMBIGUOUS_ANSWERS: dict[str, tuple[int, int, str]] = {
+    "ack_1007": (
+        408,
+        -1007,
+        "Timeout waiting for response from backend server. "
+        "Send status unknown; execution status unknown.",
+    ),
+    "ack_503": (503, -1000, "Unknown error, please check your request or try again later."),
+    "ack_408": (
+        408,
+        -1006,
+        "An unexpected response was received from the message bus. Execution status unknown.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    timestamp: int
+    recv_window: int
+
+    @property
+    def closes_at(self) -> int:
+        return self.timestamp + self.recv_window
+
+
+def _window(params: dict[str, str]) -> _Window:
+    raw_ts = params.get("timestamp")
+    if raw_ts is None:
+        raise ApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent")
+    raw_rw = params.get("recvWindow", str(DEFAULT_RECV_WINDOW_MS))
+    if not raw_ts.isdigit() or not raw_rw.isdigit():
+        raise ApiError(400, -1100, "Illegal characters found in parameter 'timestamp'/'recvWindow'")
+    recv_window = int(raw_rw)
+    if recv_window > MAX_RECV_WINDOW_MS:
+        raise ApiError(400, -1131, "recvWindow must be less than 60000")
+    return _Window(int(raw_ts), recv_window)
+
+
+def _check_window(window: _Window, now: int) -> None:
+    if window.timestamp >= now + MAX_AHEAD_MS:
+        raise ApiError(
+            400, -1021, "Timestamp for this request was 1000ms ahead of the server's time."
+        )
+    if now - window.timestamp > window.recv_window:
+        raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+
+def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dict[str, Any]:
+    """Every check Binance makes before the engine; the order to book, not yet booked."""
+    symbol = params.get("symbol", "")
+    side = params.get("side", "")
+    otype = params.get("type", "").upper()
+    id_key = "clientAlgoId" if algo else "newClientOrderId"
+    cid = params.get(id_key, "")
+    with state.lock:
+        spec = state.symbols.get(symbol)
+        hedge = bool(state.faults.dual_side)
+    if spec is None:
+        raise ApiError(400, -1121, "Invalid symbol.")
+    if side not in {"BUY", "SELL"}:
+        raise ApiError(400, -1117, "Invalid side.")
+    if algo != (otype in CONDITIONAL_TYPES) or otype not in ORDER_TYPES | CONDITIONAL_TYPES:
+        raise ApiError(400, -1116, "Invalid orderType.")
+    if not cid or len(cid) > 36:
+        raise ApiError(400, -4015, "Client order id length should not be more than 36 chars")
+    position_side = params.get("positionSide", "BOTH")
+    if hedge and position_side not in {"LONG", "SHORT"}:
+        raise ApiError(400, -4061, "Order's position side does not match user's setting.")
+    if not hedge and position_side != "BOTH":
+        raise ApiError(400, -4061, "Order's position side does not match user's setting.")
+    if hedge and "reduceOnly" in params:
+        raise ApiError(400, -1106, "Parameter 'reduceOnly' sent when not required.")
+    reduce_only = params.get("reduceOnly", "false").lower() == "true"
+    qty = _dec(params, "quantity")
+    assert qty is not None
+    price = _dec(params, "price", required=otype == "LIMIT")
+    trigger = _dec(params, "triggerPrice", required=algo)
+    if not _multiple(qty, Decimal(spec.step_size)) or qty < Decimal(spec.min_qty):
+        raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+    for value in (price, trigger):
+        if value is not None and not _multiple(value, Decimal(spec.tick_size)):
+            raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+    ref = price or trigger or (Decimal(spec.mark_price) if Decimal(spec.mark_price) > 0 else None)
+    if not reduce_only and ref is not None and qty * ref < Decimal(spec.min_notional):
+        raise ApiError(
+            400,
+            -4164,
+            f"Order's notional must be no smaller than {spec.min_notional} "
+            "(unless you choose reduce only).",
+        )
+    order: dict[str, Any] = {
+        "symbol": symbol,
+        "side": side,
+        "type": otype,
+        "origQty": str(qty),
+        "price": str(price or 0),
+        "reduceOnly": reduce_only,
+        "positionSide": position_side,
+    }
+    if algo:
+        order.update(
+            {
+                "clientAlgoId": cid,
+                "algoType": "CONDITIONAL",
+                "orderType": otype,
+                "triggerPrice": str(trigger),
+                "algoStatus": "NEW",
+            }
+        )
+    else:
+        order["clientOrderId"] = cid
+    return order
+
+
+def _accept(state: FakeState, order: dict[str, Any], algo: bool) -> None:
+    """Book ``order`` (caller holds the lock); -4116 if its id is among the open orders."""
+    book = state.algo_orders if algo else state.orders
+    id_key = id_key_out(algo)
+    cid = order[id_key]
+    if any(o.get(id_key) == cid and o["_open"] for o in book):
+        raise ApiError(400, -4116, "ClientOrderId is duplicated.")
+    now = state.now_ms()
+    state.next_id += 1
+    filled = not algo and order["type"] == "MARKET" and state.fill_market
+    order["updateTime"] = now
+    order["_open"] = not filled
+    order["_visible_at"] = now + state.faults.visibility_ms
+    if algo:
+        order.update({"algoId": state.next_id, "createTime": now})
+    else:
+        order.update(
+            {
+                "orderId": state.next_id,
+                "status": "FILLED" if filled else "NEW",
+                "executedQty": order["origQty"] if filled else "0",
+                "time": now,
+            }
+        )
+    book.append(order)
+    state.count("orders_accepted")
+
+
+def _accept_if_in_window(
+    state: FakeState, order: dict[str, Any], algo: bool, window: _Window
+) -> None:
+    """An ambiguous order reaching the engine: booked only while its recvWindow is open."""
+    if state.now_ms() - window.timestamp > window.recv_window:
+        state.count("late_expired")
+        return
+    try:
+        _accept(state, order, algo)
+    except ApiError:
+        state.count("late_rejected")
+        return
+    state.count("late_executed")
+
+
+def _late_accept(state: FakeState, order: dict[str, Any], algo: bool, window: _Window) -> None:
+    with state.lock:
+        _accept_if_in_window(state, order, algo, window)
 
 
 def id_key_out(algo: bool) -> str:
