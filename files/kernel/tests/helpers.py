@@ -6,12 +6,31 @@ from decimal import Decimal
 from typing import Any
 
 from core_kernel.config import KernelConfig, load_config
-from core_kernel.gates import Intent
+from core_kernel.intent import Intent, parse_intent
 
 
 def config(**overrides: Any) -> KernelConfig:
     """Defaults plus overrides given by env key, e.g. config(MAX_TRADES_10MIN=5)."""
     return load_config(environ={k: str(v) for k, v in overrides.items()})
+
+
+def fields(**over: Any) -> dict[str, Any]:
+    """The fields of ``valid()`` as a mapping (for the doors that take raw input)."""
+    data: dict[str, Any] = {
+        "symbol": "ETHUSDT",
+        "side": "BUY",
+        "qty": Decimal("0.01"),
+        "price": Decimal("3500"),
+        "expected_move_usd": Decimal("250"),
+        "tp": Decimal("3587.5"),
+        "sl": Decimal("3465"),
+        "model": "NHiTS",
+        "regime": "TREND",
+        "leverage": 5,
+        "trace_id": "t-1",
+    }
+    data.update(over)
+    return data
 
 
 def valid(**over: Any) -> Intent:
@@ -30,4 +49,4 @@ def valid(**over: Any) -> Intent:
         "trace_id": "t-1",
     }
     fields.update(over)
-    return Intent(**fields)
+    return parse_intent(fields)

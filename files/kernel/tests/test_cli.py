@@ -168,7 +168,7 @@ def test_gate_proof(
     assert code == 0
     data = json.loads(out)
     assert data["ok"] is True
-    assert data["passed"] == data["total"] == 10
+    assert data["passed"] == data["total"] == 11
     names = [c["name"] for c in data["cases"]]
     assert names == [
         "MIN_NOTIONAL",
@@ -180,11 +180,12 @@ def test_gate_proof(
         "MODEL_REGIME_MISMATCH",
         "VALID_TRADE",
         "LIVE_AUDIT",
+        "INTENT_EXPIRED",
         "MALFORMED_INPUT",
     ]
     assert redis_client.keys("*") == ["unrelated"]  # isolated keys, cleaned up
     code, out, _ = run(["gate-proof", "--redis-url", redis_url], capsys)
-    assert "GATE PROOF: 10/10" in out
+    assert "GATE PROOF: 11/11" in out
 
 
 def test_gate_proof_fails_when_a_gate_is_disabled(
@@ -236,7 +237,8 @@ def test_evaluate_what_if(
     assert rows[1]["reasons"] == ["COOLDOWN", "RATE_LIMIT"]
     assert rows[1]["primary"] == "COOLDOWN"
     assert rows[2]["line"] == 3 and rows[2]["error"].startswith("bad JSON")
-    assert "unknown field(s) qtyy" in rows[3]["error"]
+    assert rows[3]["verdict"] == "HOLD"
+    assert rows[3]["context"]["invalid_fields"]["qtyy"] == "unknown field"
     assert rows[4]["verdict"] == "PASS"
     assert "seconds_since_last_trade" in rows[5]["error"]
     assert "Traceback" not in err

@@ -8,26 +8,50 @@ from helpers import config, valid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_kernel import gates
 from core_kernel.gates import (
     REASON_ORDER,
+    Decision,
+    GateParams,
     GateVerdict,
-    Intent,
     Reason,
-    Situation,
-    evaluate,
+    StateOutcome,
     log_event,
     log_fields,
-    to_decimal,
 )
+from core_kernel.intent import Intent, IntentError, parse_intent
 from core_kernel.log import kv
 from core_kernel.mode import TradingMode
 
 PARAMS = config().gate_params()
 T, L, U = TradingMode.TESTNET, TradingMode.LIVE, TradingMode.UNKNOWN
+UNAVAILABLE = "unavailable"
 
 
-def run(intent: Intent, situation: Situation | None = None, mode: TradingMode = T) -> Any:
-    return evaluate(intent, situation or Situation(), PARAMS, mode)
+def state(since: Decimal | None, count: int) -> StateOutcome:
+    return gates.what_if_state(since, count, PARAMS)
+
+
+def evaluate(
+    intent: Intent, st_: StateOutcome | str | None, params: GateParams, mode: TradingMode
+) -> Decision:
+    partial = gates.judge(intent, params, mode)
+    if st_ == UNAVAILABLE:
+        return gates.finish(partial, params, mode, None, unavailable=True)
+    return gates.finish(partial, params, mode, st_)  # type: ignore[arg-type]
+
+
+def run(intent: Intent, situation: Any = None, mode: TradingMode = T) -> Decision:
+    return evaluate(intent, situation, PARAMS, mode)
+
+
+def decide(over: dict[str, Any], mode: TradingMode = T) -> Decision:
+    """Parse + judge, as every door does: malformed input is the rejected decision."""
+    try:
+        intent = valid(**over)
+    except IntentError as exc:
+        return gates.rejected(exc, mode)
+    return run(intent, mode=mode)
 
 
 def test_valid_trade_passes() -> None:
@@ -60,14 +84,16 @@ def test_valid_trade_passes() -> None:
             None,
             Reason.EDGE_TOO_SMALL,
         ),
-        ({}, Situation(Decimal(299), 0), Reason.COOLDOWN),
-        ({}, Situation(None, 3), Reason.RATE_LIMIT),
+        ({}, state(Decimal(299), 0), Reason.COOLDOWN),
+        ({}, state(None, 3), Reason.RATE_LIMIT),
         ({"tp": Decimal(3570)}, None, Reason.R_TOO_LOW),
         ({"regime": "RANGE", "model": "XGBoost", "tp": Decimal(3552)}, None, Reason.R_TOO_LOW),
         ({"model": "XGBoost"}, None, Reason.MODEL_REGIME_MISMATCH),
     ],
 )
-def test_each_gate_alone(over: dict[str, Any], situation: Situation | None, reason: Reason) -> None:
+def test_each_gate_alone(
+    over: dict[str, Any], situation: StateOutcome | None, reason: Reason
+) -> None:
     d = run(valid(**over), situation)
     assert d.verdict is GateVerdict.HOLD
     assert d.reasons == (reason,)
@@ -84,7 +110,7 @@ def test_all_failing_reasons_in_fixed_order() -> None:
             expected_move_usd=Decimal("0.01"),
             model="XGBoost",
         ),
-        Situation(Decimal(1), 5),
+        state(Decimal(1), 5),
     )
     assert d.reasons == (
         Reason.MIN_NOTIONAL,
@@ -111,7 +137,7 @@ def test_other_regimes_have_no_r_gate_by_default_but_configurable() -> None:
     intent = valid(regime="HIGH_VOL", model="XGBoost", tp=Decimal(3501))
     assert run(intent).reasons == ()
     strict = config(MIN_R_OTHER="1.5").gate_params()
-    assert evaluate(intent, Situation(), strict, T).reasons == (Reason.R_TOO_LOW,)
+    assert evaluate(intent, None, strict, T).reasons == (Reason.R_TOO_LOW,)
 
 
 def test_unknown_regime_allows_no_model() -> None:
@@ -127,6 +153,28 @@ def test_unknown_regime_allows_no_model() -> None:
         ({"qty": float("nan")}, "qty"),
         ({"qty": "inf"}, "qty"),
         ({"qty": "abc"}, "qty"),
+        ({"qty": " 1"}, "qty"),
+        ({"qty": "\u0661"}, "qty"),  # Arabic-Indic one
+        ({"qty": "\uff11"}, "qty"),  # fullwidth one
+        ({"qty": "1_000"}, "qty"),
+        ({"expected_move_usd": 0}, "expected_move_usd"),
+        ({"expected_move_usd": "-5"}, "expected_move_usd"),
+        ({"side": "\u017fell"}, "side"),  # long s upper-cases to SELL
+        ({"side": "Sell"}, "side"),
+        ({"model": "PatchT\u017fT"}, "model"),
+        ({"regime": "h\u0131gh_vol"}, "regime"),
+        ({"symbol": "ETHUSDT\n"}, "symbol"),
+        ({"symbol": " ETHUSDT"}, "symbol"),
+        ({"symbol": 5}, "symbol"),
+        ({"symbol": True}, "symbol"),
+        ({"trace_id": "t-1\n"}, "trace_id"),
+        ({"trace_id": " t-1"}, "trace_id"),
+        ({"trace_id": "x" * 65}, "trace_id"),
+        ({"reduce_only": "maybe"}, "reduce_only"),
+        ({"reduce_only": "0"}, "reduce_only"),
+        ({"reduce_only": ["x"]}, "reduce_only"),
+        ({"qty": 10**20}, "qty"),
+        ({"qty": Decimal("1e-400")}, "qty"),
         ({"qty": True}, "qty"),
         ({"price": 0}, "price"),
         ({"price": [1]}, "price"),
@@ -147,7 +195,7 @@ def test_unknown_regime_allows_no_model() -> None:
 def test_malformed_input_holds_in_every_mode(
     over: dict[str, Any], field: str, mode: TradingMode
 ) -> None:
-    d = run(valid(**over), mode=mode)
+    d = decide(over, mode)
     assert d.verdict is GateVerdict.HOLD
     assert d.primary is Reason.INVALID_INPUT
     assert field in d.context["invalid_fields"]
@@ -156,7 +204,7 @@ def test_malformed_input_holds_in_every_mode(
 def test_sell_side_geometry() -> None:
     d = run(valid(side="SELL", tp=Decimal("3412.5"), sl=Decimal("3535")))
     assert d.reasons == ()
-    bad = run(valid(side="SELL"))  # BUY geometry on a SELL
+    bad = decide({"side": "SELL"})  # BUY geometry on a SELL
     assert bad.primary is Reason.INVALID_INPUT
     assert set(bad.context["invalid_fields"]) == {"tp", "sl"}
 
@@ -175,13 +223,19 @@ def test_unknown_mode_enforces() -> None:
     assert d.enforced
 
 
-def test_state_unavailable_holds_when_enforcing_only() -> None:
-    held = run(valid(), Situation.unavailable())
-    assert held.verdict is GateVerdict.HOLD
-    assert held.reasons == (Reason.STATE_UNAVAILABLE,)
-    audit = run(valid(), Situation.unavailable(), mode=L)
-    assert audit.verdict is GateVerdict.PASS
-    assert audit.reasons == (Reason.STATE_UNAVAILABLE,)
+def test_state_unavailable_holds_in_every_mode() -> None:
+    # Without the state nothing was recorded or deduplicated: LIVE's audit cannot pass it either.
+    for mode in (T, L, U):
+        held = run(valid(), UNAVAILABLE, mode=mode)
+        assert held.verdict is GateVerdict.HOLD
+        assert held.reasons == (Reason.STATE_UNAVAILABLE,)
+
+
+def test_expired_holds_in_every_mode() -> None:
+    for mode in (T, L, U):
+        d = run(valid(), StateOutcome(expired=True, age_ms=999_999), mode=mode)
+        assert (d.verdict, d.reasons) == (GateVerdict.HOLD, (Reason.INTENT_EXPIRED,))
+        assert d.context["intent_age_ms"] == 999_999
 
 
 def test_reduce_only_exit_bypasses_entry_gates_but_is_validated() -> None:
@@ -194,39 +248,41 @@ def test_reduce_only_exit_bypasses_entry_gates_but_is_validated() -> None:
         expected_move_usd=None,
         regime=None,
     )
-    d = run(exit_intent, Situation(Decimal(1), 99))
+    d = run(exit_intent, StateOutcome(cooldown=True, rate=True))
     assert d.verdict is GateVerdict.PASS
     assert d.reasons == ()
-    bad = run(valid(reduce_only=True, qty="x"), Situation(Decimal(1), 99))
+    bad = decide({"reduce_only": True, "qty": "x"})
     assert bad.verdict is GateVerdict.HOLD
     assert bad.reasons == (Reason.INVALID_INPUT,)
-    # state being unavailable does not strand an exit either
-    assert run(exit_intent, Situation.unavailable()).verdict is GateVerdict.PASS
 
 
-def test_intent_from_mapping_parses_reduce_only_and_keeps_extra() -> None:
-    i = Intent.from_mapping({"symbol": "X", "reduce_only": "true", "confidence": "0.8"})
-    assert i.reduce_only is True
-    assert i.extra == {"confidence": "0.8"}
-    assert Intent.from_mapping({"reduce_only": "false"}).reduce_only is False
+def test_reduce_only_text_set_is_small_and_exact() -> None:
+    base = {"symbol": "BTCUSDT", "side": "SELL", "qty": "1", "price": "2"}
+    assert parse_intent({**base, "reduce_only": "true"}).reduce_only is True
+    assert valid(reduce_only="false").reduce_only is False
+    assert parse_intent({**base, "reduce_only": True}).reduce_only is True
+    for bad in ("False", "0", "no", "off", "", 1, 0, ["x"], {}):
+        with pytest.raises(IntentError, match="reduce_only: not a boolean"):
+            parse_intent({**base, "reduce_only": bad})
 
 
 def test_log_line_is_one_key_value_line() -> None:
-    d = run(valid(model="bad model\nname"))
+    d = decide({"model": "bad model\nname"})
     line = kv(log_event(d), log_fields(d))
     assert line.startswith("GATE_HOLD ")
     assert "\n" not in line
-    assert "reasons=MODEL_REGIME_MISMATCH" in line
-    assert 'model="bad model\\nname"' in line
+    assert "reasons=INVALID_INPUT" in line
+    assert "model:does not match" in line
     assert kv("GATE_PASS", log_fields(run(valid()))).count("reasons=PASS") == 1
 
 
-def test_to_decimal_keeps_numbers_as_written() -> None:
-    assert to_decimal(0.1) == Decimal("0.1")
-    assert to_decimal("3587.50") == Decimal("3587.50")
-    assert to_decimal(7) == Decimal(7)
-    assert to_decimal(float("inf")) == "not finite"
-    assert to_decimal("1" * 70) == "too long"
+def test_numbers_kept_as_written() -> None:
+    assert valid(qty=0.1).qty == Decimal("0.1")
+    assert str(valid(tp="3587.50").tp) == "3587.50"
+    assert valid(leverage=7).leverage == Decimal(7)
+    for bad, reason in ((float("inf"), "not finite"), ("1" * 70, "too long")):
+        with pytest.raises(IntentError, match=reason):
+            valid(qty=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,21 +318,27 @@ anything = st.one_of(
     available=st.booleans(),
 )
 def test_never_raises_and_invalid_always_holds(**kw: Any) -> None:
-    intent = Intent(
-        kw["symbol"],
-        kw["side"],
-        kw["qty"],
-        kw["price"],
-        kw["move"],
-        kw["tp"],
-        kw["sl"],
-        kw["model"],
-        kw["regime"],
-        kw["leverage"],
-        "t",
-        kw["reduce_only"],
-    )
-    d = evaluate(intent, Situation(kw["since"], kw["count"], kw["available"]), PARAMS, kw["mode"])
+    data = {
+        "symbol": kw["symbol"],
+        "side": kw["side"],
+        "qty": kw["qty"],
+        "price": kw["price"],
+        "expected_move_usd": kw["move"],
+        "tp": kw["tp"],
+        "sl": kw["sl"],
+        "model": kw["model"],
+        "regime": kw["regime"],
+        "leverage": kw["leverage"],
+        "trace_id": "t",
+        "reduce_only": kw["reduce_only"],
+    }
+    try:
+        intent = parse_intent(data)
+    except IntentError as exc:
+        d = gates.rejected(exc, kw["mode"])
+    else:
+        outcome = UNAVAILABLE if not kw["available"] else state(kw["since"], kw["count"])
+        d = evaluate(intent, outcome, PARAMS, kw["mode"])
     if Reason.INVALID_INPUT in d.reasons:
         assert d.verdict is GateVerdict.HOLD
     if d.verdict is GateVerdict.PASS and kw["mode"] is not TradingMode.LIVE:
@@ -324,12 +386,12 @@ def test_r_threshold_inclusive_and_exact(
     risk = price * risk_frac
     model = "NHiTS" if regime == "TREND" else "XGBoost"
     at = valid(price=price, sl=price - risk, tp=price + min_r * risk, regime=regime, model=model)
-    assert Reason.R_TOO_LOW not in evaluate(at, Situation(), params, T).reasons
+    assert Reason.R_TOO_LOW not in evaluate(at, None, params, T).reasons
     tiny = Decimal("1e-12")
     below = valid(
         price=price, sl=price - risk, tp=price + min_r * risk - tiny, regime=regime, model=model
     )
-    assert Reason.R_TOO_LOW in evaluate(below, Situation(), params, T).reasons
+    assert Reason.R_TOO_LOW in evaluate(below, None, params, T).reasons
 
 
 @settings(max_examples=200, deadline=None)
@@ -339,7 +401,7 @@ def test_notional_and_edge_thresholds_inclusive(qty: Decimal, price: Decimal) ->
     params = config(MIN_NOTIONAL_USD=notional).gate_params()
     required = notional * params.friction_rate * params.edge_multiplier
     intent = valid(qty=qty, price=price, sl=price / 2, tp=price * 3, expected_move_usd=required)
-    reasons = evaluate(intent, Situation(), params, T).reasons
+    reasons = evaluate(intent, None, params, T).reasons
     assert Reason.MIN_NOTIONAL not in reasons
     assert Reason.EDGE_TOO_SMALL not in reasons
     less = valid(
@@ -349,21 +411,21 @@ def test_notional_and_edge_thresholds_inclusive(qty: Decimal, price: Decimal) ->
         tp=price * 3,
         expected_move_usd=required - Decimal("1e-20"),
     )
-    assert Reason.EDGE_TOO_SMALL in evaluate(less, Situation(), params, T).reasons
+    assert Reason.EDGE_TOO_SMALL in evaluate(less, None, params, T).reasons
 
 
 @given(hold=st.integers(min_value=0, max_value=10**6), max_trades=st.integers(1, 50))
 def test_cooldown_and_rate_thresholds_inclusive(hold: int, max_trades: int) -> None:
     params = config(MIN_HOLD_SECONDS=hold, MAX_TRADES_10MIN=max_trades).gate_params()
-    ok = evaluate(valid(), Situation(Decimal(hold), max_trades - 1), params, T)
+    ok = evaluate(valid(), gates.what_if_state(Decimal(hold), max_trades - 1, params), params, T)
     assert ok.reasons == ()
     since = max(Decimal(hold) - Decimal("0.001"), Decimal(0))
-    blocked = evaluate(valid(), Situation(since, max_trades), params, T)
+    blocked = evaluate(valid(), gates.what_if_state(since, max_trades, params), params, T)
     expected = {Reason.RATE_LIMIT} | ({Reason.COOLDOWN} if hold > 0 else set())
     assert set(blocked.reasons) == expected
 
 
 def test_non_text_fields_are_named_as_such() -> None:
-    d = run(valid(model=5, side=["BUY"]))
+    d = decide({"model": 5, "side": ["BUY"]})
     assert d.context["invalid_fields"]["model"] == "not text (int)"
     assert d.context["invalid_fields"]["side"] == "not text (list)"

@@ -115,7 +115,9 @@ def test_zombies_deleted_only_when_holding_nothing(redis_client: redis.Redis) ->
     dead_consumer_reads(redis_client, "zombie-busy", 2)
     time.sleep(0.12)
     dead_consumer_reads(redis_client, "fresh", 1)  # active just now
-    summary, events = run(redis_client, STALE_IDLE_MS=600_000, ZOMBIE_IDLE_MS=100)
+    summary, events = run(
+        redis_client, STALE_IDLE_MS=600_000, ZOMBIE_IDLE_MS=100, MAX_INTENT_AGE_MS=700_000
+    )
     assert summary.zombies_deleted == ["zombie-empty"]
     kept = {z["name"]: z["why"] for z in summary.zombies_kept}
     assert kept == {"zombie-busy": "has pending entries"}

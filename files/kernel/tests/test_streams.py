@@ -5,12 +5,12 @@ import time
 
 import pytest
 import redis
-from helpers import valid
+from helpers import fields, valid
 from hypothesis import given
 from hypothesis import strategies as st
 
 from core_kernel import streams
-from core_kernel.gates import Intent
+from core_kernel.intent import IntentError
 
 BINANCE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 
@@ -18,7 +18,7 @@ BINANCE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 @given(st.text(min_size=1, max_size=300))
 def test_client_order_id_always_valid_and_deterministic(trace_id: str) -> None:
     cid = streams.client_order_id(trace_id)
-    assert BINANCE.match(cid)
+    assert BINANCE.fullmatch(cid) and "\n" not in cid
     assert cid == streams.client_order_id(trace_id)
 
 
@@ -29,18 +29,21 @@ def test_client_order_id_readable_when_possible_and_distinct() -> None:
     assert streams.client_order_id("a b") != streams.client_order_id("a_b")
     # an id that looks like our hash form is hashed too, so it cannot collide with one
     assert streams.client_order_id("qk-abc") != "qk-abc"
+    # "$" would accept a trailing newline; the id must not
+    assert streams.client_order_id("t-1\n") != "t-1\n"
+    assert streams.client_order_id("t-1\n").startswith("qk-")
 
 
 def test_encode_decode_roundtrip() -> None:
-    intent = valid(trace_id="t", reduce_only=True, extra={"confidence": "0.9"})
+    intent = valid(trace_id="t", reduce_only=True, qty="0.0100")
     fields = streams.encode_intent(intent)
-    assert fields["qty"] == "0.01"
+    assert fields["qty"] == "0.0100"  # the number as written, trailing zero kept
     assert fields["reduce_only"] == "true"
     back = streams.decode_intent({k.encode(): v.encode() for k, v in fields.items()})
-    assert back.trace_id == "t"
-    assert back.reduce_only is True
-    assert back.extra == {"confidence": "0.9"}
-    assert streams.encode_intent({"price": 0.1, "x": None}) == {"price": "0.1"}
+    assert back == intent
+    assert str(back.qty) == "0.0100"
+    with pytest.raises(IntentError, match="confidence: unknown field"):
+        streams.decode_intent({**fields, "confidence": "0.9"})
 
 
 def test_publish_once_is_atomic_and_idempotent(redis_client: redis.Redis) -> None:
@@ -51,8 +54,13 @@ def test_publish_once_is_atomic_and_idempotent(redis_client: redis.Redis) -> Non
     key = "quantum:dedup:trade_intent:T1"
     assert 86300 < redis_client.ttl(key) <= 86400
     assert redis_client.get(key) == first
-    with pytest.raises(ValueError, match="trace_id"):
+    with pytest.raises(ValueError, match="trace_id: missing"):
         streams.publish_intent_once(redis_client, {"symbol": "X"})
+    # the stream never carries what would not parse: nothing was added, no key was taken
+    with pytest.raises(IntentError, match="symbol: not text"):
+        streams.publish_intent_once(redis_client, {**fields(trace_id="T9"), "symbol": 5})
+    assert redis_client.exists("quantum:dedup:trade_intent:T9") == 0
+    assert redis_client.xlen(streams.STREAM) == 1
 
 
 def test_publish_failure_leaves_no_dedup_key(redis_client: redis.Redis) -> None:
@@ -105,6 +113,8 @@ def test_read_new_refuses_block_beyond_socket_timeout(redis_url: str) -> None:
 def test_works_with_bytes_and_resp2(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, protocol=2)
     streams.ensure_group(client)
-    streams.publish_intent_once(client, Intent.from_mapping({"trace_id": "b1", "symbol": "X"}))
+    streams.publish_intent_once(client, fields(trace_id="b1", reduce_only=False))
     [entry] = streams.read_new(client, "w", block_ms=None)
-    assert entry.fields == {"trace_id": "b1", "symbol": "X", "reduce_only": "false"}
+    assert entry.fields["trace_id"] == "b1"
+    assert "reduce_only" not in entry.fields  # false is the default: left out
+    assert entry.intent() == valid(trace_id="b1")

@@ -5,19 +5,30 @@ traceback. Exit codes: 0 ok, 1 the check failed (gate-proof, evaluate line error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+import time
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any, TextIO
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from core_kernel import __version__
-from core_kernel.config import ConfigError, KernelConfig, load_config, resolve_path
-from core_kernel.gates import Intent, Situation, evaluate, jsonable
+from core_kernel import __version__, gates
+from core_kernel.config import (
+    ConfigError,
+    KernelConfig,
+    check_redis_url,
+    load_config,
+    resolve_path,
+)
+from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
+from core_kernel.intent import IntentError, loads_json, parse_intent
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
 from core_kernel.recovery import FileEventLog, recover
@@ -33,9 +44,25 @@ def _print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(jsonable(data), sort_keys=False) + "\n")
 
 
-def _client(url: str) -> redis.Redis:
+class UsageError(Exception):
+    """A bad command-line value: one line naming the option and why (exit 2)."""
+
+
+def _checked_url(url: str) -> str:
+    try:
+        return check_redis_url(url)
+    except ValueError as exc:
+        raise UsageError(f"--redis-url={url}: {exc}") from None
+
+
+def _client(url: str, *, timeout: float = 10.0) -> redis.Redis:
+    # No retries: a command's time is bounded by its own timeout, not by retries x timeout.
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
+        url,
+        decode_responses=True,
+        socket_connect_timeout=min(3.0, timeout),
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -100,7 +127,7 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     log = FileEventLog(log_path, fallback=err)
     if log.error:
         err.write(f"recover: {log.error}; logging to stderr\n")
-    client = _client(args.redis_url or config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
     try:
         summary = recover(client, config, mode, log)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -123,7 +150,7 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
-    client = _client(args.redis_url or config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
     try:
         data = stream_health(client, zombie_idle_ms=config.zombie_idle_ms)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -137,7 +164,7 @@ def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
 
 def cmd_gate_proof(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
-    client = _client(args.redis_url or config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
     try:
         results = run_proof(client, config)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -163,75 +190,111 @@ def cmd_gate_proof(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
-def _situation_from(data: dict[str, Any], base: Situation) -> Situation:
-    since: Decimal | None = base.seconds_since_last_trade
-    count = base.trades_in_window
-    if "seconds_since_last_trade" in data:
-        raw = data["seconds_since_last_trade"]
-        if raw is None:
-            since = None
-        else:
-            try:
-                since = Decimal(str(raw))
-            except InvalidOperation:
-                raise ValueError(f"seconds_since_last_trade={raw!r}: not a number") from None
-            if not since.is_finite() or since < 0:
-                raise ValueError(f"seconds_since_last_trade={raw!r}: must be a number >= 0")
-    if "trades_last_10min" in data:
-        raw = data["trades_last_10min"]
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-            raise ValueError(f"trades_last_10min={raw!r}: must be an integer >= 0")
-        count = raw
-    return Situation(since, count, base.available)
+MAX_LINE_BYTES = 64 * 1024
 
 
-def cmd_evaluate(
-    args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO | None = None
-) -> int:
+def _input_lines(stream: Any) -> Iterator[tuple[int, bytes | str | None]]:
+    """(line number, line) from stdin read as bytes; None for a line over MAX_LINE_BYTES.
+
+    A long line is consumed to its end and reported, so the lines after it are still read.
+    """
+    source = getattr(stream, "buffer", stream)
+    lineno = 0
+    while True:
+        line = source.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > MAX_LINE_BYTES and not line.endswith(
+            b"\n" if isinstance(line, bytes) else "\n"
+        ):
+            while True:
+                rest = source.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n" if isinstance(rest, bytes) else "\n"):
+                    break
+            yield lineno, None
+            continue
+        yield lineno, line
+
+
+def _what_if(data: dict[str, Any]) -> tuple[Decimal | None, int] | None:
+    """The what-if state fields, removed from ``data``; None when neither was given."""
+    if not _EVAL_EXTRA & data.keys():
+        return None
+    since: Decimal | None = None
+    raw = data.pop("seconds_since_last_trade", None)
+    if raw is not None:
+        if isinstance(raw, bool) or not isinstance(raw, (int, Decimal)):
+            raise ValueError("seconds_since_last_trade: must be a JSON number >= 0 or null")
+        since = Decimal(raw)
+        if not since.is_finite() or since < 0 or since.adjusted() > 12:
+            raise ValueError("seconds_since_last_trade: must be a number in 0 .. 1e12")
+    raw = data.pop("trades_last_10min", 0)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 10**9:
+        raise ValueError("trades_last_10min: must be an integer in 0 .. 1e9")
+    return since, raw
+
+
+class _Deadline:
+    """The overall deadline of one evaluate run: past it, no more Redis calls are made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any = None) -> int:
     config = _load(args)
     params = config.gate_params()
     report: ModeReport = (
         report_for(TradingMode(args.mode)) if args.mode else detect_mode(config.mode_env())
     )
+    mode = report.mode
     store = None
+    deadline = _Deadline(args.deadline)
     if args.redis_url:
-        client = _client(args.redis_url)
-        client.ping()  # unreachable: exit 3 now rather than a slow error on every line
+        url = _checked_url(args.redis_url)
+        client = _client(url, timeout=args.timeout)
+        # Refused: exit 3 now rather than a HOLD on every line. Stalled: every line answers
+        # HOLD STATE_UNAVAILABLE within its timeout, and none after the overall deadline.
+        with contextlib.suppress(redis.TimeoutError):
+            client.ping()
         store = KernelStore(client, config, report)
-    known = set(Intent.FIELDS) | _EVAL_EXTRA
     failures = 0
-    for lineno, line in enumerate(stdin or sys.stdin, start=1):
+    for lineno, line in _input_lines(stdin or getattr(args, "stdin", None) or sys.stdin):
+        if line is None:
+            failures += 1
+            _print_json({"line": lineno, "error": f"line longer than {MAX_LINE_BYTES} bytes"}, out)
+            continue
         if not line.strip():
             continue
         try:
-            data = json.loads(line, parse_float=Decimal)
+            data = loads_json(line)
             if not isinstance(data, dict):
                 raise ValueError("each line must be a JSON object")
-            unknown = sorted(set(data) - known)
-            if unknown:
-                raise ValueError(
-                    "unknown field(s) "
-                    + ", ".join(unknown)
-                    + "; known: "
-                    + ", ".join(sorted(known))
-                )
-            base = Situation()
-            if store is not None and isinstance(data.get("symbol"), str) and data["symbol"]:
-                try:
-                    base = store.situation(data["symbol"])
-                except redis.RedisError:
-                    base = Situation.unavailable()
-            situation = _situation_from(data, base)
-            intent = Intent.from_mapping({k: v for k, v in data.items() if k in Intent.FIELDS})
-        except json.JSONDecodeError as exc:
-            failures += 1
-            _print_json({"line": lineno, "error": f"bad JSON: {exc}"}, out)
-            continue
-        except (ValueError, TypeError) as exc:
+            what_if = _what_if(data)
+        except ValueError as exc:
             failures += 1
             _print_json({"line": lineno, "error": str(exc)}, out)
             continue
-        decision = evaluate(intent, situation, params, report.mode)
+        try:
+            intent = parse_intent(data)
+        except IntentError as exc:
+            decision = gates.rejected(exc, mode)
+        else:
+            if what_if is not None:
+                state = gates.what_if_state(what_if[0], what_if[1], params)
+                decision = gates.evaluate(intent, params, mode, state)
+            elif store is None:
+                decision = gates.evaluate(intent, params, mode)
+            elif deadline.passed():
+                partial = gates.judge(intent, params, mode)
+                partial.ctx["state_error"] = f"overall deadline of {args.deadline} s passed"
+                decision = gates.finish(partial, params, mode, None, unavailable=True)
+            else:
+                decision = store.evaluate(intent)
         result = decision.to_dict()
         result["line"] = lineno
         _print_json(result, out)
@@ -241,6 +304,16 @@ def cmd_evaluate(
 def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(f"core-kernel {__version__}\n")
     return EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 and <= 3600 seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="what-if: JSON lines in, decisions out")
     p.add_argument("--mode", choices=["TESTNET", "LIVE"], type=str.upper)
     p.add_argument("--redis-url", metavar="URL", help="read cooldown/rate state (read-only)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=2.0,
+        metavar="S",
+        help="per-line Redis deadline (default 2 s)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="overall Redis deadline; later lines are HOLD STATE_UNAVAILABLE (default 60 s)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("version", help="print the version")
@@ -288,15 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, stdin: Any = None) -> int:
+    """Run one subcommand; ``stdin`` replaces sys.stdin for ``evaluate`` (tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.stdin = stdin
     out, err = sys.stdout, sys.stderr
     try:
         return int(args.func(args, out, err))
     except ConfigError as exc:
         for line in exc.errors:
             err.write(f"config error: {line}\n")
+        return EXIT_CONFIG
+    except UsageError as exc:
+        err.write(f"{args.command}: {exc}\n")
         return EXIT_CONFIG
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         err.write(f"{args.command}: redis unreachable: {exc}\n")

@@ -9,14 +9,16 @@ never fall back to a default). From the process environment only known keys are 
 from __future__ import annotations
 
 import os
+import re
 import socket
+import stat
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core_kernel.gates import GateParams, parse_allowed_models
@@ -37,6 +39,21 @@ class ConfigError(Exception):
         self.errors = errors
 
 
+#: Milliseconds the kernel adds to Redis's clock or hands to XAUTOCLAIM / Lua: at most 1e12 ms
+#: (31 years), so now + value stays inside Redis's signed 64-bit integers and exact in Lua.
+MAX_MS = 10**12
+#: Decimal settings: at most this large and this many digits, so the gates' exact context
+#: (200 digits, exponent limit 999) can never overflow or round on them.
+MAX_DECIMAL = Decimal(10) ** 15
+MAX_DECIMAL_DIGITS = 32
+#: The recvWindow assumed when BINANCE_RECV_WINDOW_MS is not configured (python-binance's own
+#: default): a takeover must still find the intent young enough to send, so
+#: MAX_INTENT_AGE_MS > STALE_IDLE_MS + recvWindow.
+RECV_WINDOW_CEILING_MS = 10_000
+_ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+_ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
 def _check_bool_text(value: str) -> str:
     if value.strip().lower() not in {"", "true", "false", "1", "0", "yes", "no", "on", "off"}:
         raise ValueError("must be true or false")
@@ -52,8 +69,8 @@ class KernelConfig(BaseSettings):
 
     min_notional_usd: Decimal = Field(Decimal("25"), alias="MIN_NOTIONAL_USD", ge=0)
     edge_multiplier: Decimal = Field(Decimal("3.0"), alias="EDGE_MULTIPLIER", ge=1)
-    min_hold_seconds: int = Field(300, alias="MIN_HOLD_SECONDS", ge=0)
-    max_trades_10min: int = Field(3, alias="MAX_TRADES_10MIN", ge=1)
+    min_hold_seconds: int = Field(300, alias="MIN_HOLD_SECONDS", ge=0, le=MAX_MS // 1000)
+    max_trades_10min: int = Field(3, alias="MAX_TRADES_10MIN", ge=1, le=1_000_000)
     rate_window_seconds: int = Field(600, alias="RATE_WINDOW_SECONDS", ge=1, le=86400)
     min_r_trend: Decimal = Field(Decimal("2.5"), alias="MIN_R_TREND", ge=0)
     min_r_range: Decimal = Field(Decimal("1.8"), alias="MIN_R_RANGE", ge=0)
@@ -63,9 +80,10 @@ class KernelConfig(BaseSettings):
     slippage_bps: Decimal = Field(Decimal("5"), alias="SLIPPAGE_BPS", ge=0, le=1000)
     noise_bps: Decimal = Field(Decimal("4"), alias="NOISE_BPS", ge=0, le=1000)
     allowed_models: str = Field(DEFAULT_ALLOWED_MODELS, alias="ALLOWED_MODELS")
-    zombie_idle_ms: int = Field(3_600_000, alias="ZOMBIE_IDLE_MS", ge=1)
-    stale_idle_ms: int = Field(60_000, alias="STALE_IDLE_MS", ge=1)
-    max_deliveries: int = Field(5, alias="MAX_DELIVERIES", ge=1)
+    zombie_idle_ms: int = Field(3_600_000, alias="ZOMBIE_IDLE_MS", ge=1, le=MAX_MS)
+    stale_idle_ms: int = Field(60_000, alias="STALE_IDLE_MS", ge=1, le=MAX_MS)
+    max_intent_age_ms: int = Field(180_000, alias="MAX_INTENT_AGE_MS", ge=1, le=MAX_MS)
+    max_deliveries: int = Field(5, alias="MAX_DELIVERIES", ge=1, le=1_000_000)
     recovery_batch: int = Field(100, alias="RECOVERY_BATCH", ge=1, le=1000)
     dead_letter_stream: str = Field(
         "quantum:stream:trade.intent.dlq", alias="DEAD_LETTER_STREAM", min_length=1
@@ -105,6 +123,60 @@ class KernelConfig(BaseSettings):
             return None
         return value
 
+    @field_validator(
+        "min_notional_usd",
+        "edge_multiplier",
+        "min_r_trend",
+        "min_r_range",
+        "min_r_other",
+        "fee_bps_per_side",
+        "funding_bps",
+        "slippage_bps",
+        "noise_bps",
+        mode="before",
+    )
+    @classmethod
+    def _ascii_decimal(cls, value: Any) -> Any:
+        # Python's Decimal() reads Arabic-Indic and fullwidth digits; the env contract is ASCII.
+        if isinstance(value, str) and value.strip():
+            if _ASCII_DECIMAL.fullmatch(value) is None:
+                raise ValueError("must be an ASCII decimal number (exponent of <= 4 digits)")
+            dec = Decimal(value)
+            if len(dec.as_tuple().digits) > MAX_DECIMAL_DIGITS or abs(dec) > MAX_DECIMAL:
+                raise ValueError(f"out of range (at most {MAX_DECIMAL_DIGITS} digits and 1e15)")
+        return value
+
+    @field_validator(
+        "min_hold_seconds",
+        "max_trades_10min",
+        "rate_window_seconds",
+        "zombie_idle_ms",
+        "stale_idle_ms",
+        "max_intent_age_ms",
+        "max_deliveries",
+        "recovery_batch",
+        mode="before",
+    )
+    @classmethod
+    def _ascii_int(cls, value: Any) -> Any:
+        if isinstance(value, str) and _ASCII_INT.fullmatch(value) is None:
+            raise ValueError("must be an ASCII integer")
+        return value
+
+    @model_validator(mode="after")
+    def _consumers_can_run(self) -> KernelConfig:
+        # A takeover happens after STALE_IDLE_MS idle and a send may execute up to recvWindow
+        # later; an age limit below that would expire every intent a crashed worker leaves.
+        # The exchange block's BINANCE_RECV_WINDOW_MS when that key exists.
+        window = int(getattr(self, "binance_recv_window_ms", RECV_WINDOW_CEILING_MS))
+        floor = self.stale_idle_ms + window
+        if self.max_intent_age_ms <= floor:
+            raise ValueError(
+                f"MAX_INTENT_AGE_MS={self.max_intent_age_ms}: must be > STALE_IDLE_MS + "
+                f"recvWindow ({window} ms) = {floor}, or every takeover expires"
+            )
+        return self
+
     @field_validator("allowed_models")
     @classmethod
     def _check_models(cls, value: str) -> str:
@@ -126,10 +198,7 @@ class KernelConfig(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        scheme = urlparse(value).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
+        return check_redis_url(value)
 
     @field_validator("binance_futures_url")
     @classmethod
@@ -175,7 +244,33 @@ class KernelConfig(BaseSettings):
             min_r_range=self.min_r_range,
             min_r_other=self.min_r_other,
             allowed_models=parse_allowed_models(self.allowed_models),
+            max_intent_age_ms=self.max_intent_age_ms,
         )
+
+
+def check_redis_url(value: str) -> str:
+    """The whole URL as redis-py will read it (scheme, port, db), or ValueError with the reason."""
+    import redis.connection  # noqa: PLC0415 - only for the parse, keeps config import light
+
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must be printable ASCII without whitespace")
+    parsed = urlparse(value)
+    if parsed.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    try:
+        port = parsed.port  # urllib raises for a non-numeric or out-of-range port
+        redis.connection.parse_url(value)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(f"not a usable Redis URL ({exc})") from None
+    if parsed.scheme != "unix" and not parsed.hostname:
+        raise ValueError("names no host")
+    # redis-py silently ignores a database path that is not a number: refuse it here.
+    db = parsed.path[1:] if parsed.scheme != "unix" else ""
+    if db and not (db.isascii() and db.isdigit() and len(db) <= 5):
+        raise ValueError(f"database {db!r} is not a small integer")
+    if port == 0:
+        raise ValueError("port 0 is not a port")
+    return value
 
 
 def _alias(name: str, field: Any) -> str:
@@ -232,6 +327,28 @@ def resolve_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_regular(path: Path) -> str:
+    """The file's text; only a regular file is read (a FIFO would block, a device never end)."""
+    # O_NONBLOCK: opening a FIFO with no writer must not hang before fstat can refuse it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return data.decode("utf-8")
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> KernelConfig:
@@ -249,11 +366,11 @@ def load_config(
     file_path = resolve_path(path, env)
     if file_path is not None:
         try:
-            text = file_path.read_text(encoding="utf-8")
+            text = _read_regular(file_path)
         except FileNotFoundError:
             if explicit:
                 errors.append(f"{label}={file_path}: config file does not exist")
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             errors.append(f"{label}={file_path}: cannot read config file: {exc}")
         else:
             file_values, file_errors = parse_env_file(text, source=str(file_path))
@@ -264,7 +381,10 @@ def load_config(
         config = KernelConfig(**values)  # type: ignore[arg-type]  # text, validated here
     except ValidationError as exc:
         for err in exc.errors():
-            key = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a relation between keys: the message names them
+                errors.append(_reason(err))
+                continue
+            key = str(err["loc"][0])
             bad = values.get(key, err.get("input"))
             reason = _reason(err)
             if isinstance(bad, str) and "#" in bad:

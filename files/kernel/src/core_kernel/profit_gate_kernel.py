@@ -14,17 +14,19 @@ defaults. The Redis connection is made on first use. ``configure()`` replaces ei
 from __future__ import annotations
 
 import logging
+import re
 import threading
-import time
 from typing import Any
 
 import redis
 
+from core_kernel import gates
 from core_kernel.config import KernelConfig, load_config
-from core_kernel.gates import GateVerdict, Intent, Reason
+from core_kernel.gates import GateVerdict, Reason
+from core_kernel.intent import SYMBOL_PATTERN, IntentError, parse_intent
 from core_kernel.log import kv
 from core_kernel.mode import ModeReport, detect_mode
-from core_kernel.store import Clock, KernelStore
+from core_kernel.store import KernelStore, StateError
 
 __all__ = ["GateVerdict", "Reason", "configure", "get_store", "profit_gate", "record_trade"]
 
@@ -42,7 +44,10 @@ class _State:
 
 
 def _client(config: KernelConfig) -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url, decode_responses=True, socket_connect_timeout=2)
+    # Bounded: a stalled Redis answers STATE_UNAVAILABLE within seconds, never hangs a caller.
+    return redis.Redis.from_url(
+        config.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=2
+    )
 
 
 _state = _State()
@@ -52,7 +57,6 @@ def configure(
     config: KernelConfig | None = None,
     client: redis.Redis | None = None,
     mode: ModeReport | None = None,
-    clock: Clock = time.time,
     key_prefix: str = "quantum:",
 ) -> KernelStore:
     """Replace the module's config / Redis client / mode (defaults: reload from the env)."""
@@ -61,7 +65,7 @@ def configure(
         _state.mode = mode if mode is not None else detect_mode(_state.config.mode_env())
         if client is None:
             client = _client(_state.config)
-        store = KernelStore(client, _state.config, _state.mode, clock=clock, key_prefix=key_prefix)
+        store = KernelStore(client, _state.config, _state.mode, key_prefix=key_prefix)
         _state.store = store
         return store
 
@@ -90,41 +94,59 @@ def profit_gate(  # noqa: PLR0917 - the seed's signature, kept as written
     leverage: Any = None,
     trace_id: Any = "",
     *,
-    reduce_only: bool = False,
+    reduce_only: Any = False,
 ) -> tuple[GateVerdict, Reason, dict[str, Any]]:
     """All six gates on the current shared state; records nothing (call ``record_trade``).
 
-    ``context`` holds every reason (``reasons``), the numbers behind them and the mode.
+    ``context`` holds every reason (``reasons``), the numbers behind them and the mode. The
+    arguments go through the one parse (``intent.parse_intent``); ``trace_id=""`` (the seed's
+    default) and ``leverage=None`` mean "not given". Never raises for any argument value.
     """
-    intent = Intent(
-        symbol=symbol,
-        side=side,
-        qty=qty,
-        price=price,
-        expected_move_usd=expected_move_usd,
-        tp=tp,
-        sl=sl,
-        model=model,
-        regime=regime,
-        leverage=leverage,
-        trace_id=trace_id or "",
-        reduce_only=reduce_only,
-    )
-    decision = get_store().evaluate(intent)
+    fields: dict[str, Any] = {
+        "symbol": symbol,
+        "side": side,
+        "qty": qty,
+        "price": price,
+        "expected_move_usd": expected_move_usd,
+        "tp": tp,
+        "sl": sl,
+        "model": model,
+        "regime": regime,
+        "leverage": leverage,
+        "trace_id": None if isinstance(trace_id, str) and trace_id == "" else trace_id,
+        "reduce_only": reduce_only,
+    }
+    store = get_store()
+    try:
+        intent = parse_intent(fields)
+    except IntentError as exc:
+        decision = store.log_decision(gates.rejected(exc, store.mode))
+    else:
+        decision = store.evaluate(intent)
     context = dict(decision.context)
     context["verdict"] = decision.verdict.value
     context["primary"] = decision.primary.value
     return decision.verdict, decision.primary, context
 
 
-def record_trade(symbol: str) -> bool:
-    """Record a trade for the cooldown and the rate window. False (logged) if Redis failed.
+_SYMBOL = re.compile(SYMBOL_PATTERN)
 
-    Never raises on a Redis failure: in LIVE (audit-only) a missing record must not stop an
-    order that was already decided; in TESTNET the gate call before it already held.
+
+def record_trade(symbol: Any) -> bool:
+    """Record a trade for the cooldown and the rate window. False (logged) if it could not.
+
+    Never raises: in LIVE (audit-only) a missing record must not stop an order that was already
+    decided; in TESTNET the gate call before it already held. A symbol that is not one
+    (``intent.SYMBOL_PATTERN``) or a key holding a foreign value is refused and logged.
     """
+    if type(symbol) is not str or _SYMBOL.fullmatch(symbol) is None:
+        log.error(kv("GATE_RECORD_FAILED", {"symbol": repr(symbol)[:80], "error": "not a symbol"}))
+        return False
     try:
         get_store().record_trade(symbol)
+    except StateError as exc:
+        log.error(kv("GATE_RECORD_FAILED", {"symbol": symbol, "key": exc.key, "error": exc.reason}))
+        return False
     except redis.RedisError as exc:
         log.error(kv("GATE_RECORD_FAILED", {"symbol": symbol, "error": type(exc).__name__}))
         return False

@@ -17,11 +17,9 @@ from typing import Any
 import redis
 
 from core_kernel.config import KernelConfig
-from core_kernel.gates import Decision, GateVerdict, Intent, Reason
+from core_kernel.gates import Decision, GateVerdict, Reason
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.store import KernelStore
-
-T0 = 1_800_000_000.0
 
 
 @dataclass
@@ -35,14 +33,6 @@ class CaseResult:
     ok: bool = False
     note: str = ""
     context: dict[str, Any] = field(default_factory=dict)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _scan_delete(client: redis.Redis, prefix: str) -> int:
@@ -89,7 +79,7 @@ class _Builder:
             "NoSuchModel",
         )
 
-    def intent(self, trace: str, symbol: str = "ETHUSDT", **over: Any) -> Intent:
+    def intent(self, trace: str, symbol: str = "ETHUSDT", **over: Any) -> dict[str, Any]:
         regime = over.pop("regime", "TREND")
         r = over.pop("r", None)
         if r is None:
@@ -111,14 +101,14 @@ class _Builder:
             "trace_id": trace,
         }
         fields.update(over)
-        return Intent(**fields)
+        return fields
 
 
 def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
     p = b.p
 
-    def single(intent: Intent) -> Any:
-        return lambda store, clock: store.admit(intent)
+    def single(intent: dict[str, Any]) -> Any:
+        return lambda store: store.admit_mapping(intent)
 
     small_qty = (p.min_notional_usd * Decimal("0.4") / Decimal(100000)).normalize()
     yield (
@@ -142,26 +132,24 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
         single(b.intent("p-edge", expected_move_usd=required / 2)),
     )
 
-    def cooldown(store: KernelStore, clock: _Clock) -> Decision:
-        first = store.admit(b.intent("p-cool-1", "SOLUSDT"))
+    def cooldown(store: KernelStore) -> Decision:
+        first = store.admit_mapping(b.intent("p-cool-1", "SOLUSDT"))
         if first.verdict is not GateVerdict.PASS:
             raise RuntimeError(f"setup trade held: {first.codes}")
-        clock.now += 1
-        return store.admit(b.intent("p-cool-2", "SOLUSDT"))
+        return store.admit_mapping(b.intent("p-cool-2", "SOLUSDT"))
 
     yield (
         "COOLDOWN",
-        f"second SOLUSDT trade 1 s after the first (< {p.min_hold_seconds} s)",
+        f"second SOLUSDT trade right after the first (< {p.min_hold_seconds} s)",
         "HOLD",
         [Reason.COOLDOWN],
         cooldown,
     )
 
-    def rate(store: KernelStore, clock: _Clock) -> Decision:
+    def rate(store: KernelStore) -> Decision:
         for i in range(p.max_trades):
             store.record_trade(f"RATE{i}USDT")
-            clock.now += 1
-        return store.admit(b.intent("p-rate", "XRPUSDT"))
+        return store.admit_mapping(b.intent("p-rate", "XRPUSDT"))
 
     yield (
         "RATE_LIMIT",
@@ -217,6 +205,19 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
             ),
         ),
     )
+
+    def expired(store: KernelStore) -> Decision:
+        # An entry XADDed longer ago than MAX_INTENT_AGE_MS, dated by Redis's own clock.
+        born = store.server_time_ms() - p.max_intent_age_ms - 1000
+        return store.admit_mapping(b.intent("p-expired"), entry_id=f"{born}-0")
+
+    yield (
+        "INTENT_EXPIRED",
+        f"stream entry older than MAX_INTENT_AGE_MS={p.max_intent_age_ms}",
+        "HOLD",
+        [Reason.INTENT_EXPIRED],
+        expired,
+    )
     yield (
         "MALFORMED_INPUT",
         "qty=NaN",
@@ -235,20 +236,19 @@ def run_proof(client: redis.Redis, config: KernelConfig) -> list[CaseResult]:
     try:
         for index, (name, desc, verdict, reasons, spec) in enumerate(_cases(builder)):
             res = CaseResult(name, desc, verdict, [r.value for r in reasons])
-            clock = _Clock()
             prefix = f"{root}{index}:"
             mode = TradingMode.TESTNET
             action = spec
             if isinstance(spec, tuple):
                 mode = TradingMode(spec[0])
 
-                def run(store: KernelStore, _clock: _Clock, _i: Intent = spec[1]) -> Decision:
-                    return store.admit(_i)
+                def run(store: KernelStore, _i: dict[str, Any] = spec[1]) -> Decision:
+                    return store.admit_mapping(_i)
 
                 action = run
-            store = KernelStore(client, config, report_for(mode), clock=clock, key_prefix=prefix)
+            store = KernelStore(client, config, report_for(mode), key_prefix=prefix)
             try:
-                decision = action(store, clock)
+                decision = action(store)
             except (RuntimeError, redis.ResponseError) as exc:
                 res.note = f"setup failed: {exc}"
             else:

@@ -31,6 +31,7 @@ import redis
 
 from core_kernel import streams
 from core_kernel.config import KernelConfig, load_service_config
+from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
 from core_kernel.worker import sd_notify
 
@@ -40,7 +41,7 @@ INBOX = "quantum:router:inbox"
 DEMO_RUN_KEY = "quantum:demo:run"
 
 
-def publish_lines(client: redis.Redis, lines: Iterable[str]) -> dict[str, Any]:
+def publish_lines(client: redis.Redis, lines: Iterable[bytes | str]) -> dict[str, Any]:
     """Publish each JSON line once; counts plus one error line per invalid input."""
     counts: dict[str, Any] = {"published": 0, "duplicates": 0, "invalid": 0, "errors": []}
     for lineno, line in enumerate(lines, start=1):
@@ -56,10 +57,14 @@ def publish_lines(client: redis.Redis, lines: Iterable[str]) -> dict[str, Any]:
     return counts
 
 
-def publish_text(client: redis.Redis, text: str) -> str:
-    """'published', 'duplicates' or 'error:<reason>' for one JSON intent."""
+def publish_text(client: redis.Redis, text: bytes | str) -> str:
+    """'published', 'duplicates' or 'error:<reason>' for one JSON intent.
+
+    The JSON is read as every door reads it (``intent.loads_json``: Decimal numbers, no NaN, no
+    huge integers, bounded nesting) and published only if it parses as an intent.
+    """
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except ValueError as exc:
         return f"error:not JSON ({exc})"
     if not isinstance(data, dict):
@@ -69,15 +74,16 @@ def publish_text(client: redis.Redis, text: str) -> str:
     except ValueError as exc:
         return f"error:{exc}"
     outcome = "duplicates" if entry is None else "published"
-    log.info(kv("INTENT_PUBLISH", {"trace_id": data.get("trace_id"), "outcome": outcome}))
+    log.info(kv("INTENT_PUBLISH", {"trace_id": data["trace_id"], "outcome": outcome}))
     return outcome
 
 
-def _lines(source: str) -> Iterator[str]:
+def _lines(source: str) -> Iterator[bytes]:
+    # Bytes: a non-UTF-8 line is reported as that line's error, never a crash losing the rest.
     if source == "-":
-        yield from sys.stdin
+        yield from sys.stdin.buffer
         return
-    with open(source, encoding="utf-8") as fh:
+    with open(source, "rb") as fh:
         yield from fh
 
 

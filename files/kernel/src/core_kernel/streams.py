@@ -8,7 +8,6 @@ use ``make_client(url, socket_timeout=None)`` for a consumer that blocks long.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import weakref
@@ -20,7 +19,8 @@ from typing import Any
 
 import redis
 
-from core_kernel.gates import Intent
+from core_kernel import intent as _intent
+from core_kernel.intent import Intent, decode_entry_fields, parse_intent
 
 STREAM = "quantum:stream:trade.intent"
 GROUP = "quantum:group:execution:trade.intent"
@@ -31,7 +31,8 @@ INTENT_DEDUP_PREFIX = "dedup:trade_intent:"
 ORDER_DEDUP_PREFIX = "dedup:order:"
 DEFAULT_PREFIX = "quantum:"
 
-CLIENT_ORDER_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+# \Z, not $: "$" also matches before a trailing newline, which Binance refuses (-4015).
+CLIENT_ORDER_ID_RE = re.compile(rf"^{_intent.CLIENT_ORDER_ID_PATTERN}\Z")
 
 
 def load_lua(name: str) -> str:
@@ -67,32 +68,18 @@ def _field_text(value: Any) -> str:
     return str(value)
 
 
-def encode_intent(intent: Intent | Mapping[str, Any]) -> dict[str, str]:
-    """Stream fields for an intent: every set field as text (None is left out)."""
-    if isinstance(intent, Intent):
-        data: dict[str, Any] = {name: getattr(intent, name) for name in Intent.FIELDS}
-        data.update(intent.extra)
-    else:
-        data = dict(intent)
-    return {str(k): _field_text(v) for k, v in data.items() if v is not None}
+def encode_intent(intent: Intent) -> dict[str, str]:
+    """Stream fields for a validated intent (see ``intent.encode_intent``): exact text."""
+    return _intent.encode_intent(intent)
 
 
 def decode_intent(fields: Mapping[Any, Any]) -> Intent:
-    """An Intent from stream fields (bytes or str). Numbers stay text: the gates parse them."""
-    return Intent.from_mapping({_s(k): _s(v) for k, v in fields.items()})
+    """An Intent from stream fields (bytes, or str); raises ``IntentError`` naming each field."""
+    return decode_entry_fields(fields)
 
 
 # --- client order id ----------------------------------------------------------------------------
-def client_order_id(trace_id: str, prefix: str = "qk-") -> str:
-    """Deterministic Binance ``newClientOrderId`` for a trace id.
-
-    A trace id that already satisfies ``^[\\.A-Z\\:/a-z0-9_-]{1,36}$`` is used as is (readable on
-    the exchange); any other becomes ``qk-`` + 32 hex digits of its SHA-256 (35 characters).
-    """
-    if CLIENT_ORDER_ID_RE.match(trace_id) and not trace_id.startswith(prefix):
-        return trace_id
-    digest = hashlib.sha256(trace_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{prefix}{digest[:32]}"
+client_order_id = _intent.client_order_id
 
 
 # --- publish ------------------------------------------------------------------------------------
@@ -134,12 +121,18 @@ def publish_intent_once(
 
     ``SET quantum:dedup:trade_intent:{trace_id} NX EX ttl`` and the XADD run in one Lua script,
     so there is never a dedup key without its entry or the reverse. Returns the entry id, or None
-    for a duplicate. Raises ValueError for an intent without a trace id.
+    for a duplicate. A mapping goes through ``parse_intent`` first: the stream never carries an
+    intent that would not parse, and the ``IntentError`` (a ValueError) is the one ``evaluate``
+    reports. An intent without a trace id is refused the same way.
     """
+    if not isinstance(intent, Intent):
+        intent = parse_intent(intent, require_trace_id=True)
+    trace_id = intent.trace_id
+    if trace_id is None:
+        raise _intent.IntentError(
+            {"trace_id": "missing (publish_intent_once needs it for deduplication)"}
+        )
     fields = encode_intent(intent)
-    trace_id = fields.get("trace_id", "")
-    if not trace_id:
-        raise ValueError("trace_id: missing (publish_intent_once needs it for deduplication)")
     argv: list[str | int] = [ttl_seconds, maxlen or 0]
     for key, value in fields.items():
         argv.extend((key, value))

@@ -113,8 +113,9 @@ def publish_result_once(
 ) -> str | None:
     """XADD ``result`` unless a result under ``key`` was already published; entry id or None."""
     fields: list[str] = []
-    for name, value in streams.encode_intent(dict(result)).items():
-        fields.extend((name, value))
+    for name, value in result.items():
+        if value is not None:
+            fields.extend((str(name), streams._field_text(value)))
     script = _result_script(client)
     reply = script(keys=[RESULT_DEDUP_PREFIX + key, stream], args=[ttl_seconds, maxlen, *fields])
     return None if reply is None else streams._s(reply)
@@ -183,18 +184,18 @@ class Worker:
             log.warning(kv("INTENT_GONE", {"entry_id": entry.id}))
             streams.ack(self.redis, entry.id)
             return
-        intent = entry.intent()
-        trace_id = str(intent.trace_id or "").strip()
-        decision = self.store.admit(intent)
+        # The one parse (issue 11): an entry that does not decode is HOLD INVALID_INPUT.
+        intent, decision = self.store.admit_entry(entry.fields, entry.id)
+        trace_id = (intent.trace_id if intent is not None else decision.trace_id) or ""
         if Reason.STATE_UNAVAILABLE in decision.reasons and not decision.replayed:
             raise Transient("gate state unavailable (Redis)")
         result: dict[str, Any] = {
             "trace_id": trace_id or None,
             "entry_id": entry.id,
             "consumer": self.consumer,
-            "symbol": intent.symbol,
-            "side": intent.side,
-            "qty": intent.qty,
+            "symbol": intent.symbol if intent is not None else None,
+            "side": intent.side if intent is not None else None,
+            "qty": intent.qty if intent is not None else None,
             "replayed": decision.replayed,
             "mode": decision.mode.value,
             "client_order_id": decision.context.get("client_order_id"),
@@ -206,6 +207,7 @@ class Worker:
                 reasons=",".join(decision.codes),
             )
         else:
+            assert intent is not None  # a PASS comes only from a parsed intent
             result.update(self._execute(intent, trace_id, decision))
         result["ts_ms"] = int(time.time() * 1000)
         key = trace_id or f"entry:{entry.id}"
@@ -232,8 +234,7 @@ class Worker:
         )
 
     def _execute(self, intent: Intent, trace_id: str, decision: Decision) -> dict[str, Any]:
-        extra = intent.extra
-        order_type = str(extra.get("order_type") or "MARKET").upper()
+        order_type = intent.order_type
         kwargs: dict[str, Any] = {
             "order_type": order_type,
             "ref_price": intent.price,
@@ -242,10 +243,10 @@ class Worker:
         }
         if order_type == "LIMIT":
             kwargs["price"] = intent.price
-        if extra.get("stop_price"):
-            kwargs["stop_price"] = extra.get("stop_price")
+        if intent.stop_price is not None:
+            kwargs["stop_price"] = intent.stop_price
         lease_key = LEASE_PREFIX + trace_id
-        cid = str(decision.context.get("client_order_id") or streams.client_order_id(trace_id))
+        cid = decision.client_order_id or streams.client_order_id(trace_id)
         if decision.replayed:
             # Someone held this intent before us and may have placed it: look before sending.
             try:

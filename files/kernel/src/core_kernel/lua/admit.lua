@@ -1,43 +1,91 @@
--- admit: read the shared state, record the trade if it passes, store the decision - atomically.
--- The pure Python gates decided everything that needs no state (base_ok); this script only
--- applies the two state gates with exactly the comparisons of gates.evaluate:
---   cooldown passes when  max(0, now - last) >= min_hold   (integer ms)
---   rate passes when      count(score > now - window) < max_trades
--- The thresholds are compiled in when a store loads the script (one SHA per config): every
--- argument costs server and client time on each call, and these never change between calls.
-local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S = $min_hold_ms, $max_trades, $window_ms, $ttl_s
+-- admit: the state gates, on the Redis server's clock, applied and recorded atomically.
+-- The Python gates decided everything that needs no state (flag base_ok); this script decides
+-- the rest and is the only place these rules live:
+--   now        = TIME (the server's clock: worker clock skew cannot move a gate)
+--   cooldown fails when  max(0, now - last) < MIN_HOLD_MS      (the one clamp, here)
+--   rate fails when      count(score > now - WINDOW_MS) >= MAX_TRADES
+--   expired when         max(0, now - entry_ms) > MAX_AGE_MS   (entry_ms: the XADD time)
+-- The thresholds are compiled in when a store loads the script (one SHA per config);
+-- $$ is a literal dollar (string.Template).
+local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
+  $min_hold_ms, $max_trades, $window_ms, $ttl_s, $max_age_ms
 -- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET
--- ARGV[1] now_ms  ARGV[2] flags = base_ok + 2 * state_gated + 4 * is_entry  ARGV[3] member
--- Reply: the stored decision "V|now_ms|last_ms|count" (V = P or H); a decision stored earlier
--- comes back prefixed with "=" (a replay). A string, not a table: cheaper to build and parse.
--- Every redis.call costs about a microsecond of server time here, so the dedup key and the
--- last trade are read with one MGET.
-local got = redis.call('MGET', KEYS[1], KEYS[2])
-if got[1] then
-  return '=' .. got[1]
+-- ARGV[1] flags = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry_run
+-- ARGV[2] entry time in ms ('' = unknown)  ARGV[3] trade member  ARGV[4] client order id
+-- Replies (strings):
+--   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits from C R E)
+--   '=' .. stored value                  a decision stored earlier (a replay; Python checks it)
+--   '#' .. reason                        a dedup key the kernel did not write (foreign)
+--   '!' .. key .. '|' .. reason          state the kernel cannot read: nothing was written
+-- A dry run (the two-step API's read) skips the dedup key and writes nothing.
+local flags = tonumber(ARGV[1])
+local dry = flags >= 8
+if dry then flags = flags - 8 end
+if not dry then
+  local got = redis.pcall('GET', KEYS[1])
+  if type(got) == 'table' and got.err then
+    return '#wrong type'
+  end
+  if got then
+    -- Only a value admit could have written comes back whole (ASCII, so every client decodes
+    -- it); Python still checks its exact form.
+    if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
+      return '#foreign value'
+    end
+    return '=' .. got
+  end
 end
-local last = got[2]
-local now = tonumber(ARGV[1])
--- ms since the epoch are integers below 2^53: exact as Lua numbers, printed in full by %.14g.
+local entry = flags >= 4
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window_start = now - WINDOW_MS
-local count = redis.call('ZCOUNT', KEYS[3], '(' .. window_start, '+inf')
-local flags = tonumber(ARGV[2])
+-- An exit (reduce-only) is not gated on the state, so it does not read it either.
+local last, count = false, 0
+if entry then
+  last = redis.pcall('GET', KEYS[2])
+  if type(last) == 'table' and last.err then
+    return '!' .. KEYS[2] .. '|wrong type'
+  end
+  if last and (#last > 15 or not string.match(last, '^%d+$$')) then
+    return '!' .. KEYS[2] .. '|not integer milliseconds'
+  end
+  count = redis.pcall('ZCOUNT', KEYS[3], '(' .. string.format('%.0f', window_start), '+inf')
+  if type(count) == 'table' and count.err then
+    return '!' .. KEYS[3] .. '|wrong type'
+  end
+end
+local bits = ''
+local since = ''
 local pass = flags % 2 == 1
-if pass and flags % 4 >= 2 then
-  -- Each worker reads its own clock before the script runs, so a trade recorded a moment
-  -- earlier by another worker can carry a later stamp: clamp the elapsed time at zero.
-  if last and math.max(0, now - tonumber(last)) < MIN_HOLD_MS then
-    pass = false
-  elseif count >= MAX_TRADES then
+if entry then
+  if last then
+    local elapsed = math.max(0, now - tonumber(last))
+    since = string.format('%.0f', elapsed)
+    if elapsed < MIN_HOLD_MS then bits = bits .. 'C' end
+  end
+  if count >= MAX_TRADES then bits = bits .. 'R' end
+  if flags % 4 >= 2 and bits ~= '' then pass = false end
+end
+local age = ''
+if ARGV[2] ~= '' then
+  local a = math.max(0, now - tonumber(ARGV[2]))
+  age = string.format('%.0f', a)
+  if a > MAX_AGE_MS then
+    bits = bits .. 'E'
     pass = false
   end
 end
-if pass and flags >= 4 then
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-  -- Trim what left the window, so the ZSET stays as small as the window.
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', window_start)
+local now_s = string.format('%.0f', now)
+local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|' .. count
+  .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
+if dry then
+  return stored
 end
-local stored = (pass and 'P|' or 'H|') .. ARGV[1] .. '|' .. (last or '') .. '|' .. count
+if pass and entry then
+  redis.call('SET', KEYS[2], now_s)
+  redis.call('ZADD', KEYS[3], now_s, ARGV[3])
+  -- Trim what left the window, so the ZSET stays as small as the window.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', window_start))
+end
 redis.call('SET', KEYS[1], stored, 'EX', TTL_S)
 return stored
