@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -301,3 +304,117 @@ def test_evaluate_with_unreachable_redis_exits_3(
     )
     assert code == 3
     assert "redis unreachable" in err
+
+
+# --- no traceback, ever; every surface has a deadline ---------------------------------------------
+def _cli(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as an operator (or systemd) runs it."""
+    assert CORE_KERNEL is not None
+    proc = subprocess.run(
+        [CORE_KERNEL, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "CORE_GATES_ENV": "", "LC_ALL": "C.UTF-8"},
+    )
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["recover", "--redis-url", "not-a-url"], 2, "--redis-url=not-a-url"),
+        (["stream-health", "--redis-url", "redis://127.0.0.1:notaport/0"], 2, "notaport"),
+        (["gate-proof", "--redis-url", "redis://127.0.0.1:99999/0"], 2, "99999"),
+        (["evaluate", "--redis-url", "redis://h o/0"], 2, "whitespace"),
+        (["recover", "--redis-url", "redis://127.0.0.1:1/0"], 3, "redis unreachable"),
+        (["mode", "--config", "/nonexistent/x.env"], 2, "does not exist"),
+        (["check-config", "--config", "/"], 2, "not a regular file"),
+        (["evaluate", "--timeout", "abc"], 2, "not a number of seconds"),
+    ],
+)
+def test_cli_failures_are_one_line_and_a_documented_exit_code(
+    args: list[str], code: int, needle: str
+) -> None:
+    proc = _cli(*args)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    both = proc.stdout + proc.stderr
+    assert needle in both and "Traceback" not in both
+
+
+def test_fifo_as_config_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "core_gates.env"
+    os.mkfifo(fifo)
+    proc = _cli("check-config", "--config", str(fifo), timeout=20)
+    assert proc.returncode == 2
+    assert "not a regular file" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_recover_with_a_full_log_device_still_sweeps_and_reports(redis_url: str) -> None:
+    proc = _cli("recover", "--log", "/dev/full", "--redis-url", redis_url)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True
+    assert "/dev/full" in summary["log_error"]
+    assert "Traceback" not in proc.stderr and "RECOVER" in proc.stderr  # events went to stderr
+
+
+def test_evaluate_reads_stdin_as_bytes_and_keeps_later_lines() -> None:
+    bad = LINE_OK.encode().replace(b"USDT", b"US\xffDT", 1)
+    assert bad != LINE_OK.encode()
+    stdin = b"\n".join([bad, b"\xff\xfe", b"[" * 5000, LINE_OK.encode()]) + b"\n"
+    proc = _cli("evaluate", "--mode", "TESTNET", stdin=stdin)
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [r["line"] for r in rows] == [1, 2, 3, 4]
+    assert "not UTF-8" in rows[0]["error"] and "not UTF-8" in rows[1]["error"]
+    assert "nested too deeply" in rows[2]["error"]
+    assert rows[3]["verdict"] == "PASS"
+
+
+def test_evaluate_with_a_stalled_redis_answers_hold_in_bounded_time(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """SIGSTOP the real redis-server: each line waits at most --timeout, and after --deadline
+    no line waits at all; every answer is HOLD STATE_UNAVAILABLE."""
+    assert redis_server.proc is not None
+    lines = (LINE_OK + "\n").encode() * 20
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        proc = _cli(
+            "evaluate",
+            "--mode",
+            "TESTNET",
+            "--redis-url",
+            redis_server.url,
+            "--timeout",
+            "0.3",
+            "--deadline",
+            "1",
+            stdin=lines,
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows) == 20
+    assert all((r["verdict"], r["reasons"]) == ("HOLD", ["STATE_UNAVAILABLE"]) for r in rows)
+    assert any("deadline" in r["context"].get("state_error", "") for r in rows)
+    # ping (0.3) + a few lines of 0.3 until the 1 s deadline, then none: far below 20 x 0.3 s
+    assert elapsed < 5, elapsed
+
+
+def test_check_config_builds_what_the_services_build(tmp_path: Path) -> None:
+    # Each value is within its own bounds; together gate-proof could not build its cases.
+    path = env_file(
+        tmp_path, "MIN_NOTIONAL_USD=999999999999999\nEDGE_MULTIPLIER=1000000000000000\n"
+    )
+    proc = _cli("check-config", "--config", path)
+    assert proc.returncode == 2 and "cannot be computed exactly" in proc.stdout
+    proc = _cli("gate-proof", "--config", path, "--redis-url", "redis://127.0.0.1:1/0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

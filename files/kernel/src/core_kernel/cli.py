@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core_kernel import __version__, gates
+from core_kernel import __version__, gates, proof
 from core_kernel.config import (
     ConfigError,
     KernelConfig,
@@ -32,7 +32,7 @@ from core_kernel.intent import IntentError, loads_json, parse_intent
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
 from core_kernel.recovery import FileEventLog, recover
-from core_kernel.store import KernelStore
+from core_kernel.store import KernelStore, admit_script
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REDIS_DOWN, EXIT_REDIS_ERROR = 0, 1, 2, 3, 4
 
@@ -80,10 +80,39 @@ def _config_dump(config: KernelConfig) -> dict[str, Any]:
     return data
 
 
+def derived_errors(config: KernelConfig) -> list[str]:
+    """Build what the services build from a config (gate thresholds, the admit script, the
+    gate-proof inputs, the Redis connection parameters); every failure as one line.
+
+    So "OK" from check-config means the gates, the sweep, the worker and gate-proof all start.
+    """
+    errors: list[str] = []
+    try:
+        params = config.gate_params()
+        admit_script(params)
+        builder = proof._Builder(config)
+        for name, _desc, _verdict, _reasons, _spec in proof._cases(builder):
+            del name
+    except (ArithmeticError, ValueError) as exc:
+        # decimal's messages are a list of signal classes: name the class, not the repr.
+        errors.append(
+            "MIN_NOTIONAL_USD/EDGE_MULTIPLIER/MIN_R_*: the gate and gate-proof values derived "
+            f"from them cannot be computed exactly ({type(exc).__name__})"
+        )
+    try:
+        redis.ConnectionPool.from_url(config.redis_url)
+    except (ValueError, TypeError) as exc:
+        errors.append(f"REDIS_URL={config.redis_url}: {exc}")
+    return errors
+
+
 def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     path = resolve_path(args.config, os.environ)
     try:
         config = _load(args)
+        derived = derived_errors(config)
+        if derived:
+            raise ConfigError(derived)
     except ConfigError as exc:
         if args.json:
             _print_json({"ok": False, "path": str(path), "errors": exc.errors}, out)
@@ -124,7 +153,7 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_CONFIG
     mode = detect_mode(config.mode_env())
     log_path = args.log or config.stream_recover_log
-    log = FileEventLog(log_path, fallback=err)
+    log = _GuardedLog(FileEventLog(log_path, fallback=err))
     if log.error:
         err.write(f"recover: {log.error}; logging to stderr\n")
     client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
@@ -148,6 +177,38 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if summary.ok else EXIT_FAIL
 
 
+class _GuardedLog:
+    """The sweep's event log. A full or failing disk (``--log /dev/full``) never stops the sweep
+    or its JSON summary: the first write error is kept and later lines go to stderr."""
+
+    def __init__(self, inner: FileEventLog) -> None:
+        self.inner = inner
+        self.error = inner.error
+
+    def __call__(self, event: str, fields: Any) -> None:
+        try:
+            self.inner(event, fields)
+        except OSError as exc:
+            if not self.error:
+                self.error = f"cannot write {self.inner.path}: {exc.strerror or exc}"
+            self._drop_file()
+            with contextlib.suppress(OSError):
+                self.inner(event, fields)  # now to the fallback stream
+
+    def _drop_file(self) -> None:
+        with contextlib.suppress(OSError):
+            self.inner.close()
+        self.inner._fh = None  # a failed close leaves it set: write to the fallback from now on
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        except OSError as exc:  # buffered lines that could not be flushed
+            if not self.error:
+                self.error = f"cannot write {self.inner.path}: {exc.strerror or exc}"
+            self.inner._fh = None
+
+
 def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
     client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
@@ -164,6 +225,9 @@ def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
 
 def cmd_gate_proof(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
+    derived = derived_errors(config)
+    if derived:
+        raise ConfigError(derived)
     client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
     try:
         results = run_proof(client, config)

@@ -62,6 +62,17 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def admit_script(params: gates.GateParams) -> str:
+    """admit.lua with this config's thresholds compiled in (check-config builds it too)."""
+    return Template(load_lua("admit.lua")).substitute(
+        min_hold_ms=params.min_hold_seconds * 1000,
+        max_trades=params.max_trades,
+        window_ms=params.rate_window_seconds * 1000,
+        ttl_s=DEDUP_TTL_SECONDS,
+        max_age_ms=params.max_intent_age_ms,
+    )
+
+
 class KernelStore:
     """Gate state for one Redis. Thread-safe as far as the redis client is (redis-py's is)."""
 
@@ -81,13 +92,7 @@ class KernelStore:
         self._last_trade_prefix = f"{key_prefix}kernel:last_trade:"
         self._window_ms = self.params.rate_window_seconds * 1000
         self._enforce = self.mode is not TradingMode.LIVE
-        src = Template(load_lua("admit.lua")).substitute(
-            min_hold_ms=self.params.min_hold_seconds * 1000,
-            max_trades=self.params.max_trades,
-            window_ms=self._window_ms,
-            ttl_s=DEDUP_TTL_SECONDS,
-            max_age_ms=self.params.max_intent_age_ms,
-        )
+        src = admit_script(self.params)
         # redis-py's Script: EVALSHA, reloaded on NOSCRIPT (a restarted or promoted server).
         self._admit = client.register_script(src)
         self._record = client.register_script(load_lua("record_trade.lua"))
