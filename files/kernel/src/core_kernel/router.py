@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import redis
 
 from core_kernel import streams
-from core_kernel.config import KernelConfig, load_service_config
+from core_kernel.config import KernelConfig, check_redis_url, load_service_config
 from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
 from core_kernel.worker import sd_notify
@@ -331,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_service_config(args.config, sys.stderr)
     if config is None:
         return 2
-    client = streams.make_client(args.redis_url or config.redis_url, socket_timeout=30)
+    url = args.redis_url or config.redis_url
+    try:
+        client = streams.make_client(check_redis_url(url), socket_timeout=30)
+    except ValueError as exc:
+        print(f"REDIS_URL={url}: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "publish":
             counts = publish_lines(client, _lines(args.source))
@@ -349,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(summary, sys.stdout)
         return 0 if summary.get("ok", True) is True and summary.get("complete", True) is True else 1
     except redis.RedisError as exc:
-        print(f"REDIS_URL={config.redis_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"REDIS_URL={url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
