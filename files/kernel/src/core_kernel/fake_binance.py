@@ -23,6 +23,7 @@ the next N requests of their kind; the others hold while set:
   independently of New Order.
 * ``engine_delay_ms``: time between a New Order's arrival and the matching engine.
 * ``clock_offset_ms`` (may be negative): the server clock is the host clock plus this.
+* ``order_rate_limit``: like ``rate_limit``, for New Order requests only.
 * ``dual_side``: 1 = hedge mode (also ``POST /fapi/v1/positionSide/dual``).
 
 Every signed request is checked against the server clock as Binance does: rejected with -1021
@@ -82,6 +83,7 @@ FAULT_KEYS = (
     "engine_delay_ms",
     "clock_offset_ms",
     "dual_side",
+    "order_rate_limit",
 )
 # The only switch that may be negative: a server clock behind the host's.
 SIGNED_KEYS = frozenset({"clock_offset_ms"})
@@ -165,6 +167,7 @@ class Faults:
     engine_delay_ms: int = 0
     clock_offset_ms: int = 0
     dual_side: int = 0
+    order_rate_limit: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in FAULT_KEYS}
@@ -496,6 +499,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _new_order(self, params: dict[str, str], algo: bool, delay_ms: int) -> None:
         state = self.state
+        with state.lock:
+            if state.take("order_rate_limit"):
+                raise _Limited(429, state.faults.retry_after)
         order = _validate_order(state, params, algo)
         window = _window(params)
         with state.lock:
@@ -568,7 +574,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             if state.take("query_403"):
                 raise ApiError(403, 0, "Forbidden (WAF)")
-            now = state.now_ms()
+            # Visibility runs on the host's monotonic clock: a server clock switched backwards
+            # must not hide orders.
+            mono = time.monotonic()
             book = state.algo_orders if algo else state.orders
             # The newest visible order with that id (ids may be reused once an order is closed).
             found = [
@@ -576,7 +584,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for o in book
                 if str(o.get(key)) == want
                 and (algo or o["symbol"] == symbol)
-                and o["_visible_at"] <= now
+                and o["_visible_at"] <= mono
             ]
         if not found:
             raise ApiError(400, -2013, "Order does not exist.")
@@ -710,7 +718,7 @@ def _accept(state: FakeState, order: dict[str, Any], algo: bool) -> None:
     filled = not algo and order["type"] == "MARKET" and state.fill_market
     order["updateTime"] = now
     order["_open"] = not filled
-    order["_visible_at"] = now + state.faults.visibility_ms
+    order["_visible_at"] = time.monotonic() + state.faults.visibility_ms / 1000
     if algo:
         order.update({"algoId": state.next_id, "createTime": now})
     else:
