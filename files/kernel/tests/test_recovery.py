@@ -95,6 +95,7 @@ def test_over_delivered_entries_go_to_the_dead_letter_stream(redis_client: redis
     [(_dlq_id, fields)] = redis_client.xrange("quantum:stream:trade.intent.dlq")
     assert fields["dlq_source_id"] == ids[0]
     assert fields["dlq_deliveries"] == "3"
+    assert fields["dlq_reason"] == "max_deliveries"
     assert fields["trace_id"] == "t0"
     pending_ids = {
         r["message_id"]

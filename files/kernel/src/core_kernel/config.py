@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core_kernel.gates import GateParams, parse_allowed_models
@@ -100,6 +100,47 @@ class KernelConfig(BaseSettings):
     binance_futures_url: str = Field("", alias="BINANCE_FUTURES_URL")
     binance_api_key: str = Field("", alias="BINANCE_API_KEY", repr=False)
     binance_api_secret: str = Field("", alias="BINANCE_API_SECRET", repr=False)
+
+    # exactly-once (issue 10) ------------------------------------------------------------------
+    # How long a signed request stays executable on the exchange (Binance allows <= 60000 and
+    # recommends <= 5000); it bounds how long an ambiguous send must be waited out.
+    binance_recv_window_ms: int = Field(5000, alias="BINANCE_RECV_WINDOW_MS", ge=100, le=60000)
+    binance_position_mode: str = Field("auto", alias="BINANCE_POSITION_MODE")
+    exchange_time_sync_s: int = Field(60, alias="EXCHANGE_TIME_SYNC_S", ge=1, le=3600)
+    order_lease_margin_ms: int = Field(2000, alias="ORDER_LEASE_MARGIN_MS", ge=0, le=60000)
+    order_lease_ms: int = Field(30000, alias="ORDER_LEASE_MS", ge=1000, le=86_400_000)
+    redis_durability: str = Field("warn", alias="REDIS_DURABILITY")
+
+    @field_validator("binance_position_mode")
+    @classmethod
+    def _check_position_mode(cls, value: str) -> str:
+        if value not in {"auto", "oneway", "hedge"}:
+            raise ValueError("must be auto, oneway or hedge")
+        return value
+
+    @field_validator("redis_durability")
+    @classmethod
+    def _check_durability(cls, value: str) -> str:
+        if value not in {"warn", "refuse"}:
+            raise ValueError("must be warn or refuse")
+        return value
+
+    @field_validator("order_lease_ms")
+    @classmethod
+    def _check_lease(cls, value: int, info: ValidationInfo) -> int:
+        # After the last send the lease must outlive its recvWindow plus the margin (or a second
+        # worker could take over while our request can still execute); what is left is the
+        # budget for the sends themselves, kept at least as large.
+        window = info.data.get("binance_recv_window_ms")
+        margin = info.data.get("order_lease_margin_ms")
+        if window is not None and margin is not None and value <= 2 * (window + margin):
+            raise ValueError(
+                f"must be more than 2 x (BINANCE_RECV_WINDOW_MS + ORDER_LEASE_MARGIN_MS) "
+                f"= {2 * (window + margin)}"
+            )
+        return value
+
+    # end of exactly-once (issue 10) -----------------------------------------------------------
 
     _EMPTY_IS_NONE: ClassVar[frozenset[str]] = frozenset({"MIN_R_OTHER"})
 

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import redis
 
 from core_kernel.config import KernelConfig
+from core_kernel.consume import ORDER_UNKNOWN_KEY
 from core_kernel.log import kv
 from core_kernel.mode import ModeReport
 from core_kernel.streams import _SCRIPTS, GROUP, STREAM, _s, ensure_group
@@ -239,7 +240,7 @@ def _reclaim(
     cursor = "0-0"
     while True:
         reply = script(
-            keys=[stream, config.dead_letter_stream],
+            keys=[stream, config.dead_letter_stream, ORDER_UNKNOWN_KEY],
             args=[
                 group,
                 consumer,

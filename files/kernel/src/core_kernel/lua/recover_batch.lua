@@ -1,6 +1,8 @@
 -- One recovery page: XAUTOCLAIM stale entries into the live consumer, dead-letter the ones
 -- delivered too often.
--- KEYS[1] stream  KEYS[2] dead-letter stream
+-- KEYS[1] stream  KEYS[2] dead-letter stream  KEYS[3] the worker's order_unknown hash
+-- (entry id -> record): a PASS whose order status is not settled is never dead-lettered; the
+-- worker resolves it by looking the order up.
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] min_idle_ms  ARGV[4] cursor  ARGV[5] count
 -- ARGV[6] max_deliveries
 -- Reply: {next_cursor, claimed, {dead-lettered ids}, deleted}
@@ -22,10 +24,10 @@ if #ids > 0 then
                           4 * #ids, ARGV[2])
   for _, row in ipairs(rows) do
     local id, n = row[1], tonumber(row[4])
-    if claimed[id] and n > max then
+    if claimed[id] and n > max and redis.call('HEXISTS', KEYS[3], id) == 0 then
       local e = redis.call('XRANGE', KEYS[1], id, id)
-      local args = {'dlq_source_id', id, 'dlq_deliveries', n, 'dlq_stream', KEYS[1],
-                    'dlq_group', ARGV[1]}
+      local args = {'dlq_source_id', id, 'dlq_reason', 'max_deliveries', 'dlq_deliveries', n,
+                    'dlq_stream', KEYS[1], 'dlq_group', ARGV[1]}
       if e[1] then
         for _, v in ipairs(e[1][2]) do args[#args + 1] = v end
       end
