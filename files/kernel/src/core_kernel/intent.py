@@ -171,6 +171,8 @@ class _Bad(str):
 def _kind(value: object) -> str:
     if value is None:
         return "null"
+    if type(value) is OversizedInt:
+        return "integer"
     return type(value).__name__
 
 
@@ -178,6 +180,8 @@ def _number(value: object) -> Decimal | _Bad:
     kind = type(value)
     if kind is bool or isinstance(value, bool):
         return _Bad("not a number (boolean)")
+    if kind is OversizedInt:
+        return _Bad(f"integer of {value.digits} digits (at most {MAX_INT_DIGITS})")  # type: ignore[attr-defined]
     if kind is str:
         text: str = value  # type: ignore[assignment]
         if not text:
@@ -416,10 +420,23 @@ def entry_time_ms(entry_id: str) -> int | None:
 
 
 # --- JSON text ---------------------------------------------------------------------------------
-def _json_int(text: str) -> int:
-    # Python refuses > 4300 digits with a message naming no field; far smaller is already absurd.
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"integer with more than {MAX_INT_DIGITS} digits")
+class OversizedInt:
+    """A JSON integer too long to be any field's value, kept so the parse can name its field."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.digits} digits>"
+
+
+def _json_int(text: str) -> int | OversizedInt:
+    # Python refuses > 4300 digits with a message naming no field; far fewer are already absurd.
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return OversizedInt(digits)
     return int(text)
 
 
