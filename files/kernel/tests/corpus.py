@@ -430,7 +430,8 @@ def config_cases() -> list[ConfigCase]:
         ),
         ("ALLOWED_MODELS", ["TREND:PatchT\u017fT", "h\u0131gh:XGBoost", "TREND"]),
         ("RECOVERY_BATCH", ["0", "100000"]),
-        ("TRADING_MODE", ["PAPER", "live\u0131"]),
+        ("TRADING_MODE", ["PAPER", "live\u0131", "l\u0131ve", "TESTNE\u0422"]),
+        ("BINANCE_TESTNET", ["tru\u0435", "\u0131"]),
     ):
         for value in values:
             cases.append(ConfigCase(f"{key}={value!r}", key, value))

@@ -54,8 +54,12 @@ _ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[
 _ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
 
 
+_BOOL_TEXTS = frozenset({"", "true", "false", "1", "0", "yes", "no", "on", "off"})
+
+
 def _check_bool_text(value: str) -> str:
-    if value.strip().lower() not in {"", "true", "false", "1", "0", "yes", "no", "on", "off"}:
+    # ASCII first: str.lower() maps some non-ASCII letters onto ASCII ones.
+    if not value.isascii() or value.strip().lower() not in _BOOL_TEXTS:
         raise ValueError("must be true or false")
     return value
 
@@ -227,7 +231,8 @@ class KernelConfig(BaseSettings):
     @field_validator("trading_mode")
     @classmethod
     def _check_mode(cls, value: str) -> str:
-        if value.strip().upper() not in {"", "TESTNET", "LIVE"}:
+        # ASCII first: "l\u0131ve".upper() is "LIVE" (dotless i), and the mode is no place to guess.
+        if not value.isascii() or value.strip().upper() not in {"", "TESTNET", "LIVE"}:
             raise ValueError("must be TESTNET or LIVE")
         return value
 
