@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -118,3 +119,22 @@ def test_works_with_bytes_and_resp2(redis_url: str) -> None:
     assert entry.fields["trace_id"] == "b1"
     assert "reduce_only" not in entry.fields  # false is the default: left out
     assert entry.intent() == valid(trace_id="b1")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        lambda c, k: c.set(k, "someone else's"),
+        lambda c, k: c.hset(k, "a", "1"),
+        lambda c, k: c.rpush(k, "1"),
+    ],
+)
+def test_a_foreign_intent_dedup_key_is_a_duplicate_and_left_alone(
+    redis_client: redis.Redis, setup: Any
+) -> None:
+    key = "quantum:dedup:trade_intent:F1"
+    setup(redis_client, key)
+    before = redis_client.dump(key)
+    assert streams.publish_intent_once(redis_client, valid(trace_id="F1")) is None
+    assert redis_client.dump(key) == before
+    assert redis_client.exists(streams.STREAM) == 0
