@@ -11,8 +11,8 @@
   their fields with XRANGE. A delivery is counted only when it is one: the first ``>`` read, a
   claim from a stalled consumer (XAUTOCLAIM) and the first read after a restart
   (``count_delivery=True``: the previous process died holding the entry).
-* ``dead_letter`` XADDs the entry with its reason to the dead-letter stream and XACKs it in one
-  MULTI/EXEC: never one without the other.
+* ``dead_letter`` XACKs the entry and XADDs it with its reason to the dead-letter stream in one
+  script: never one without the other, and never twice.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from core_kernel.streams import DEAD_LETTER_STREAM, GROUP, STREAM
+from core_kernel.streams import _SCRIPTS, DEAD_LETTER_STREAM, GROUP, STREAM
 
 # PASS entries whose order status is not settled: entry id -> JSON record (the worker writes
 # it, the sweep never dead-letters what it holds, an operator lists it with HGETALL).
@@ -168,8 +168,9 @@ def dead_letter(
     stream: str = STREAM,
     group: str = GROUP,
     dlq: str = DEAD_LETTER_STREAM,
-) -> None:
-    """XADD the entry (its raw fields, prefixed ``dlq_*`` metadata) to ``dlq`` and XACK it."""
+) -> bool:
+    """XACK the entry and XADD it (raw fields plus ``dlq_*`` metadata) to ``dlq``, in one script;
+    False when it was no longer pending (someone else finished it): nothing is added then."""
     fields: dict[bytes, bytes] = {
         b"dlq_source_id": entry.id.encode(),
         b"dlq_reason": reason.encode(),
@@ -181,7 +182,8 @@ def dead_letter(
         fields[b"dlq_" + key.encode()] = value.encode("utf-8", "surrogateescape")
     for raw_key, raw_value in (entry.fields or {}).items():
         fields.setdefault(raw_key, raw_value)
-    pipe = raw.pipeline(transaction=True)
-    pipe.xadd(dlq, fields)  # type: ignore[arg-type]
-    pipe.xack(stream, group, entry.id)
-    pipe.execute()
+    args: list[Any] = [group, entry.id]
+    for key_bytes, value_bytes in fields.items():
+        args.extend((key_bytes, value_bytes))
+    script = _SCRIPTS.get(raw, "dead_letter.lua")
+    return int(script(keys=[stream, dlq], args=args)) == 1

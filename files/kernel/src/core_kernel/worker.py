@@ -70,7 +70,7 @@ from core_kernel.exchange import (
     from_config,
 )
 from core_kernel.gates import Decision, GateVerdict, Reason
-from core_kernel.intent import Intent, entry_time_ms
+from core_kernel.intent import Intent
 from core_kernel.lease import OrderLease, Taken
 from core_kernel.log import kv, setup_logging
 from core_kernel.mode import TradingMode, detect_mode
@@ -379,7 +379,7 @@ class Worker:
                 return
             raise Transient("gate state unavailable (Redis)")
         cid = decision.client_order_id
-        redelivered = entry.deliveries > 1 or decision.replayed or self._suspect(entry)
+        redelivered = entry.deliveries > 1 or decision.replayed or self._suspect()
         if decision.verdict is GateVerdict.HOLD or cid is None:
             found = self._lookup_held(intent, cid) if redelivered and cid else None
             if found is not None:
@@ -398,18 +398,16 @@ class Worker:
             result.update(self._execute(entry, intent, cid, redelivered))
         self._finish(entry, key, result)
 
-    def _suspect(self, entry: consume.StreamEntry) -> bool:
+    def _suspect(self) -> bool:
         """A first delivery that may not be one: Redis may have forgotten an earlier attempt.
 
-        After Redis came back (new run id, or a lost connection) it may be older than the
-        exchange, and an entry older than one recvWindow + margin may have been handled before
-        a restore; in both cases an order sent for it may not be visible yet, so it is treated
-        as redelivered (the lookup that permits a send waits one window).
+        For one recvWindow + margin after Redis came back as another server (new run id:
+        restarted, restored from an older snapshot, failed over), an entry's "first" delivery
+        may follow a send whose order is not visible yet, so it is treated as redelivered (the
+        lookup that permits a send waits one window). Detected on every PEL pass, which is the
+        first thing the loop does after a lost connection.
         """
-        if time.monotonic() < self._suspect_until:
-            return True
-        born = entry_time_ms(entry.id)
-        return born is None or self.store.server_time_ms() - born > self.window_ms
+        return time.monotonic() < self._suspect_until
 
     def _watch_redis(self) -> None:
         run_id = streams._s(self.redis.info("server").get("run_id", ""))
@@ -679,8 +677,6 @@ class Worker:
                 backoff = 0.2
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 log.warning(kv("REDIS_UNAVAILABLE", {"error": str(exc), "retry_s": backoff}))
-                # Redis may come back older than the exchange: see _suspect.
-                self._suspect_until = time.monotonic() + self.window_ms / 1000 + backoff
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 next_pel = 0.0  # something may be half done: read our PEL again first
