@@ -33,6 +33,7 @@ RAWS = raw_cases()
 STATES = state_cases()
 CONFIGS = config_cases()
 MODES = [TradingMode.TESTNET, TradingMode.LIVE]
+ALL_MODES = list(TradingMode)
 
 
 def test_the_corpus_is_large_enough() -> None:
@@ -51,14 +52,16 @@ class _Stdin:
 def _evaluate(
     lines: list[bytes], mode: TradingMode, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> tuple[int, list[dict[str, Any]], str]:
-    code = cli.main(
-        ["evaluate", "--mode", mode.value, *extra], stdin=_Stdin(b"\n".join(lines) + b"\n")
-    )
+    # UNKNOWN is what the CLI detects when no mode is configured (tests run without one).
+    mode_args = [] if mode is TradingMode.UNKNOWN else ["--mode", mode.value]
+    code = cli.main(["evaluate", *mode_args, *extra], stdin=_Stdin(b"\n".join(lines) + b"\n"))
     out, err = capsys.readouterr()
-    return code, [json.loads(x) for x in out.splitlines()], err
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert all(r.get("mode", mode.value) == mode.value for r in rows)
+    return code, rows, err
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_every_intent_case_holds_invalid_input_on_every_door(
     mode: TradingMode, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,7 +107,7 @@ def test_every_intent_case_holds_invalid_input_on_every_door(
     assert min(seen_doors.values()) >= 100, seen_doors
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_raw_lines_are_one_line_errors_never_pass(
     mode: TradingMode, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,6 +1,14 @@
-"""``core-kernel`` subcommands. User errors print a clear message and exit non-zero, never a
-traceback. Exit codes: 0 ok, 1 the check failed (gate-proof, evaluate line errors),
-2 bad config or usage, 3 Redis unreachable, 4 other Redis error."""
+"""``core-kernel`` subcommands. Every failure is one line naming the option, file, key or URL
+and the reason, never a traceback. Exit codes (every subcommand):
+
+* 0 ok;
+* 1 the check failed: gate-proof with a failing case, recover that could not do its job,
+  evaluate with a line that is not a JSON object;
+* 2 bad config (check-config's lines), a bad option value or a bad ``--redis-url``;
+* 3 Redis unreachable (evaluate: only when refused at start; a stall is HOLD per line);
+* 4 another Redis error (e.g. a key of the wrong type);
+* 130 interrupted.
+"""
 
 from __future__ import annotations
 
