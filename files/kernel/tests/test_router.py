@@ -69,7 +69,7 @@ def test_serve_publishes_from_inbox_and_stops_on_sigterm(pipe):
     )
     try:
         item = json.dumps(intent(4, pipe.run))
-        pipe.client.rpush(INBOX, item, item, "garbage")
+        pipe.client.rpush(INBOX, item, item, "garbage", b"\xff\xfe not UTF-8")
         deadline = time.monotonic() + 20
         while pipe.client.llen(INBOX) or pipe.client.xlen(streams.STREAM) < 1:
             assert time.monotonic() < deadline
@@ -81,7 +81,30 @@ def test_serve_publishes_from_inbox_and_stops_on_sigterm(pipe):
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "INTENT_INVALID" in err
-    assert "ROUTER_STOP published=1 duplicates=1 invalid=1" in err
+    assert "ROUTER_STOP published=1 duplicates=1 invalid=2" in err
+    assert "Traceback" not in err
+
+
+def test_serve_puts_the_intent_back_and_says_why_when_redis_refuses_it(pipe):
+    # The group exists (serve starts), but no XADD can succeed: the last possible id is taken.
+    pipe.client.delete(streams.STREAM)
+    top = "18446744073709551615-18446744073709551615"
+    pipe.client.xadd(streams.STREAM, {"x": "1"}, id=top)
+    streams.ensure_group(pipe.client)
+    item = json.dumps(intent(5, pipe.run))
+    pipe.client.rpush(INBOX, item)
+    proc = subprocess.run(
+        [sys.executable, "-m", "core_kernel.router", "serve"],
+        env=dict(pipe.workers[0].env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 3
+    assert "exhausted" in proc.stderr and "Traceback" not in proc.stderr
+    assert pipe.client.lrange(INBOX, 0, -1) == [item]  # not lost
+    pipe.client.delete(streams.STREAM)
 
 
 def test_lab_demo_phases(pipe, tmp_path):

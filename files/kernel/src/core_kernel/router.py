@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 import redis
+from redis.client import NEVER_DECODE
 
 from core_kernel import streams
 from core_kernel.config import KernelConfig, check_redis_url, load_service_config
@@ -104,7 +105,10 @@ def serve(client: redis.Redis, *, block_s: int = 2) -> int:
     while not stopping:
         sd_notify("WATCHDOG=1")
         try:
-            item = client.blpop([INBOX], timeout=block_s)
+            # Raw bytes: one non-UTF-8 push is that intent's error, never the service's crash.
+            item = client.execute_command(  # type: ignore[no-untyped-call]
+                "BLPOP", INBOX, block_s, **{NEVER_DECODE: True}
+            )
             backoff = 0.2
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning(kv("REDIS_UNAVAILABLE", {"error": str(exc), "retry_s": backoff}))
@@ -113,7 +117,13 @@ def serve(client: redis.Redis, *, block_s: int = 2) -> int:
             continue
         if not item:
             continue
-        outcome = publish_text(client, streams._s(item[1]))
+        try:
+            outcome = publish_text(client, item[1])
+        except redis.RedisError:
+            # Not this intent's fault (e.g. a stream key of the wrong type): put it back at the
+            # head of the inbox before main() reports the error and exits, so it is not lost.
+            client.lpush(INBOX, item[1])
+            raise
         if outcome.startswith("error:"):
             counts["invalid"] += 1
             log.warning(kv("INTENT_INVALID", {"error": outcome[6:]}))
