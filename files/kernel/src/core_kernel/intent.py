@@ -90,7 +90,6 @@ _INT_LIMIT = 10**15
 CLIENT_ORDER_ID_PREFIX = "qk-"
 
 _NUMBER_FIELDS = ("qty", "price", "expected_move_usd", "tp", "sl", "leverage", "stop_price")
-_TEXT_FIELDS = ("symbol", "side", "model", "regime", "trace_id", "order_type")
 FIELDS: tuple[str, ...] = (
     "symbol",
     "side",
@@ -140,10 +139,6 @@ class Intent:
     reduce_only: bool = False
     order_type: str = "MARKET"
     stop_price: Decimal | None = None
-
-    @property
-    def direction(self) -> int:
-        return 1 if self.side == "BUY" else -1
 
     @property
     def client_order_id(self) -> str | None:
