@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 from helpers import config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core_kernel import profit_gate_kernel as pgk
 from core_kernel.gates import GateVerdict, Reason
@@ -194,3 +196,66 @@ def test_record_trade_never_raises_when_redis_is_down() -> None:
         report_for(TradingMode.LIVE),
     )
     assert pgk.record_trade("SOLUSDT") is False
+
+
+class _Weird:
+    """An object that is none of the types the contract names."""
+
+    def __str__(self) -> str:
+        return "BUY"
+
+
+python_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**50, max_value=10**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(),
+    st.text(max_size=30),
+    st.binary(max_size=10),
+    st.builds(bytearray, st.binary(max_size=5)),
+    st.builds(_Weird),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(["BUY", "ETHUSDT", "NHiTS", "TREND", "0.01", "3500", "t-1", "true"]),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.fixed_dictionaries(
+        {
+            k: python_values
+            for k in (
+                "symbol",
+                "side",
+                "qty",
+                "price",
+                "expected_move_usd",
+                "tp",
+                "sl",
+                "model",
+                "regime",
+                "leverage",
+                "trace_id",
+                "reduce_only",
+            )
+        }
+    ),
+    mode=st.sampled_from([TradingMode.TESTNET, TradingMode.LIVE]),
+)
+def test_seed_api_never_raises_for_any_python_value(
+    redis_client: redis.Redis, values: dict[str, object], mode: TradingMode
+) -> None:
+    """Whatever a caller passes: a decision, HOLD INVALID_INPUT unless the fields parse."""
+    pgk.configure(config(), redis_client, report_for(mode))
+    verdict, reason, ctx = pgk.profit_gate(**values)  # type: ignore[arg-type]
+    if reason is Reason.INVALID_INPUT:
+        assert verdict is GateVerdict.HOLD
+        assert ctx["invalid_fields"]
+    json.dumps(ctx, default=str)  # loggable
+    assert pgk.record_trade(values["symbol"]) in (True, False)
