@@ -323,11 +323,16 @@ def _retrying(fn: Any, *args: Any) -> Any:
     raise RuntimeError("Redis did not come back")
 
 
-POISON: tuple[dict[bytes, bytes], ...] = (
-    {b"trace_id": b"poison-utf8", b"symbol": b"BTC\xffUSDT", b"side": b"BUY"},
-    {b"\xfe\xff": b"\x00garbage", b"x": b"y"},
-    {b"trace_id": b"poison-huge", b"symbol": b"B" * 1_000_000},
-)
+def poison(n: int) -> dict[bytes, bytes]:
+    """Poison entry ``n``: non-UTF-8, garbage, or 1 MB; its own trace id where it has one (one
+    result per trace id is the rule, so two poisons must not share one)."""
+    tid = f"poison-{n}".encode()
+    kinds: tuple[dict[bytes, bytes], ...] = (
+        {b"trace_id": tid, b"symbol": b"BTC\xffUSDT", b"side": b"BUY"},
+        {b"\xfe\xff": b"\x00garbage", b"x": b"y"},
+        {b"trace_id": tid, b"symbol": b"B" * 1_000_000},
+    )
+    return kinds[n % len(kinds)]
 
 
 def snapshot_aof(workdir: Path, aside: Path) -> None:
@@ -384,7 +389,7 @@ def run_faults(
                 if i % 7 == 0:  # the router sees this one again: a duplicate by trace id
                     counts[_retrying(publish_text, client, text)] += 1
                 if i % 331 == 17:  # poison, straight into the stream
-                    _retrying(raw.xadd, streams.STREAM, POISON[counts["poison"] % len(POISON)])
+                    _retrying(raw.xadd, streams.STREAM, poison(counts["poison"]))
                     counts["poison"] += 1
                 if i % 50 == 0:
                     time.sleep(0.03)  # spread the run so faults land mid-stream
