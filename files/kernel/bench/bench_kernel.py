@@ -24,7 +24,7 @@ import redis
 from core_kernel import streams
 from core_kernel.config import load_config
 from core_kernel.gates import StateOutcome, evaluate
-from core_kernel.intent import Intent, parse_intent
+from core_kernel.intent import Intent, encode_intent, parse_intent
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.recovery import recover
 from core_kernel.store import KernelStore
@@ -224,7 +224,7 @@ def bench_recovery(port: int, entries: int, batch: int) -> dict[str, Any]:
     client = redis.Redis(port=port, decode_responses=True)
     client.delete(streams.STREAM, "quantum:stream:trade.intent.dlq")
     streams.ensure_group(client)
-    fields = streams.encode_intent(intent(0, True))
+    fields = encode_intent(intent(0, True))
     pipe = client.pipeline(transaction=False)
     for i in range(entries):
         pipe.xadd(streams.STREAM, fields)

@@ -15,7 +15,7 @@ import pytest
 import redis
 from helpers import valid
 
-from core_kernel import cli, streams
+from core_kernel import cli, consume, streams
 
 CORE_KERNEL = shutil.which("core-kernel", path=str(Path(sys.executable).parent))
 
@@ -119,7 +119,7 @@ def test_recover_json_and_log(
     )
     streams.ensure_group(redis_client)
     streams.publish_intent_once(redis_client, valid(trace_id="r1"))
-    streams.read_new(redis_client, "999", block_ms=None)
+    consume.read_new(consume.raw_client(redis_client), "999", block_ms=None, count=10)
     time.sleep(0.05)
     code, out, _ = run(["recover", "--config", path, "--json"], capsys)
     assert code == 0
@@ -151,7 +151,7 @@ def test_stream_health(
 ) -> None:
     streams.ensure_group(redis_client)
     streams.publish_intent_once(redis_client, valid(trace_id="h1"))
-    streams.read_new(redis_client, "w1", block_ms=None)
+    consume.read_new(consume.raw_client(redis_client), "w1", block_ms=None, count=10)
     code, out, _ = run(["stream-health", "--redis-url", redis_url], capsys)
     assert code == 0
     data = json.loads(out)

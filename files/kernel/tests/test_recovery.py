@@ -9,7 +9,7 @@ import pytest
 import redis
 from helpers import config, valid
 
-from core_kernel import streams
+from core_kernel import consume, streams
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.recovery import (
     FileEventLog,
@@ -40,8 +40,9 @@ def publish(client: redis.Redis, n: int, prefix: str = "t") -> None:
 
 def dead_consumer_reads(client: redis.Redis, name: str, count: int) -> list[str]:
     """A consumer that reads and then dies without acking (what a killed worker leaves)."""
-    got = client.xreadgroup(streams.GROUP, name, {streams.STREAM: ">"}, count=count)
-    return [e.id for e in streams._read_reply(got)]
+    return [
+        e.id for e in consume.read_new(consume.raw_client(client), name, block_ms=None, count=count)
+    ]
 
 
 def owners(client: redis.Redis) -> dict[str, int]:
@@ -70,7 +71,10 @@ def test_reclaims_every_stale_entry_following_the_cursor(redis_client: redis.Red
     assert events.names()[-1] == "RECOVER_DONE"
     assert events.names().count("RECLAIMED") >= 3
     # the live consumer finds them in its own pending list
-    assert len(streams.read_own_pending(redis_client, LIVE_CONSUMER, count=1000)) == 250
+    assert (
+        len(consume.read_own_pending(consume.raw_client(redis_client), LIVE_CONSUMER, count=1000))
+        == 250
+    )
 
 
 def test_fresh_pending_entries_are_left_alone(redis_client: redis.Redis) -> None:
@@ -111,7 +115,7 @@ def test_zombies_deleted_only_when_holding_nothing(redis_client: redis.Redis) ->
     redis_client.xack(
         streams.STREAM,
         streams.GROUP,
-        *[e.id for e in streams.read_own_pending(redis_client, "zombie-empty")],
+        *[e.id for e in consume.read_own_pending(consume.raw_client(redis_client), "zombie-empty")],
     )
     dead_consumer_reads(redis_client, "zombie-busy", 2)
     time.sleep(0.12)
@@ -147,7 +151,7 @@ def test_delete_script_refuses_consumer_with_pending(redis_client: redis.Redis) 
     redis_client.xack(
         streams.STREAM,
         streams.GROUP,
-        *[e.id for e in streams.read_own_pending(redis_client, "holder")],
+        *[e.id for e in consume.read_own_pending(consume.raw_client(redis_client), "holder")],
     )
     assert script(keys=[streams.STREAM], args=[streams.GROUP, "holder", 10**9])[0] == -2
     assert script(keys=[streams.STREAM], args=[streams.GROUP, "holder", 0]) == [0, 0]

@@ -17,7 +17,7 @@ import pytest
 from core_kernel import consume, streams
 from core_kernel.config import load_config
 from core_kernel.exchange import from_config
-from core_kernel.intent import parse_intent
+from core_kernel.intent import encode_intent, parse_intent
 from core_kernel.lease import OrderLease, Taken
 from core_kernel.mode import TradingMode, detect_mode
 from core_kernel.recovery import recover
@@ -278,9 +278,7 @@ def test_redis_state_lost_after_the_order_gives_no_second_order(pipe):
     for key in pipe.client.scan_iter("quantum:dedup:*"):
         pipe.client.delete(key)
     pipe.client.delete("quantum:stream:trade.result")
-    entry_id = pipe.client.xadd(
-        streams.STREAM, streams.encode_intent(parse_intent(intent(1, pipe.run)))
-    )
+    entry_id = pipe.client.xadd(streams.STREAM, encode_intent(parse_intent(intent(1, pipe.run))))
     (entry,) = read_new(w)
     assert entry.id == entry_id
     w.handle(entry)
@@ -296,9 +294,7 @@ def test_held_redelivery_still_reports_an_order_that_exists(pipe):
     # Redis lost the decision of `first`; its replay now holds on the cooldown it set itself
     pipe.client.delete(f"quantum:dedup:order:{first}")
     pipe.client.delete(f"quantum:dedup:result:{first}")
-    entry_id = pipe.client.xadd(
-        streams.STREAM, streams.encode_intent(parse_intent(intent(1, pipe.run)))
-    )
+    entry_id = pipe.client.xadd(streams.STREAM, encode_intent(parse_intent(intent(1, pipe.run))))
     (entry,) = read_new(w)
     w.handle(consume.StreamEntry(entry_id, entry.fields, 2))
     res = [r for r in pipe.results() if r["trace_id"] == first]
@@ -311,7 +307,7 @@ def test_a_stored_pass_older_than_the_max_age_is_never_sent(pipe):
     data = intent(1, pipe.run)
     i = parse_intent(data)
     assert w.store.admit(i).verdict.value == "PASS"  # stored PASS, no order yet
-    old_id = pipe.client.xadd(streams.STREAM, streams.encode_intent(i), id="1000-1")
+    old_id = pipe.client.xadd(streams.STREAM, encode_intent(i), id="1000-1")
     (entry,) = read_new(w)
     assert entry.id == old_id
     again = consume.StreamEntry(entry.id, entry.fields, 2)

@@ -21,7 +21,7 @@ WORKER = "quantum-execution.service"
 # Runs in the host's kernel venv: publish / deliver / read results / read the exchange's orders.
 HELPER = r"""
 import json, sys, urllib.request
-from core_kernel import streams
+from core_kernel import consume, streams
 from core_kernel.config import load_config
 cfg = load_config()
 r = streams.make_client(cfg.redis_url)
@@ -29,7 +29,7 @@ cmd, arg = sys.argv[1], sys.argv[2]
 if cmd == "publish":
     print(json.dumps(streams.publish_intent_once(r, json.loads(arg))))
 elif cmd == "deliver":
-    got = streams.read_new(r, cfg.consumer_name, block_ms=None, count=1)
+    got = consume.read_new(consume.raw_client(r), cfg.consumer_name, block_ms=None, count=1)
     print(json.dumps([e.id for e in got]))
 elif cmd == "state":
     res = [

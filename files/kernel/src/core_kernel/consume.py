@@ -95,7 +95,17 @@ def read_new(
     stream: str = STREAM,
     group: str = GROUP,
 ) -> list[StreamEntry]:
-    """New entries (``>``): their first delivery."""
+    """New entries (``>``): their first delivery.
+
+    ``block_ms`` must stay below the client's ``socket_timeout`` (redis-py 8 defaults to 5 s),
+    or the blocking read fails with a client timeout instead of returning []: refused here.
+    """
+    timeout = raw.connection_pool.connection_kwargs.get("socket_timeout")
+    if block_ms is not None and timeout is not None and block_ms >= float(timeout) * 1000 - 250:
+        raise ValueError(
+            f"block_ms={block_ms}: must stay below the client's socket_timeout "
+            f"({timeout} s) minus a margin, or the read fails with a timeout"
+        )
     reply = raw.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
     return [StreamEntry(_id(i), _fields(f), 1) for i, f in _stream_items(reply)]
 

@@ -42,8 +42,8 @@ import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
+from core_kernel.intent import CLIENT_ORDER_ID_RE
 from core_kernel.log import kv
-from core_kernel.streams import CLIENT_ORDER_ID_RE
 
 log = logging.getLogger("core_kernel.exchange")
 

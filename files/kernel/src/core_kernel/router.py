@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import redis
 from redis.client import NEVER_DECODE
 
-from core_kernel import streams
+from core_kernel import consume, streams
 from core_kernel.config import KernelConfig, check_redis_url, load_service_config
 from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
@@ -251,7 +251,9 @@ def demo(  # noqa: PLR0917 - one call site, the CLI
         )
         entry = streams.publish_intent_once(client, intent)
         # Deliver it to the (stopped) worker's own consumer, unacked: a worker that died mid-way.
-        delivered = streams.read_new(client, config.consumer_name, block_ms=None, count=1)
+        delivered = consume.read_new(
+            consume.raw_client(client), config.consumer_name, block_ms=None, count=1
+        )
         client.hset(
             f"{DEMO_RUN_KEY}:{run}",
             mapping={

@@ -1,26 +1,20 @@
-"""Stream names, intent encoding, idempotent publish, consumer-side reads and claims.
+"""Stream names and keys, intent encoding, the idempotent publish and the consumer group.
 
-Blocking reads and redis-py 8: the client's default ``socket_timeout`` is 5 s, so a
-``read_new(block_ms=...)`` of 5000 ms or more would time out in the client. ``read_new`` refuses
-such a ``block_ms`` unless the client was built with a larger ``socket_timeout`` (or ``None``);
-use ``make_client(url, socket_timeout=None)`` for a consumer that blocks long.
+The consumer side (reading entries as bytes, claims, acks, dead letters) is ``consume.py``.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
 from importlib import resources
 from typing import Any
 
 import redis
 
 from core_kernel import intent as _intent
-from core_kernel.intent import Intent, decode_entry_fields, parse_intent
+from core_kernel.intent import Intent, parse_intent
 
 STREAM = "quantum:stream:trade.intent"
 GROUP = "quantum:group:execution:trade.intent"
@@ -30,9 +24,6 @@ DEDUP_TTL_SECONDS = 86400
 INTENT_DEDUP_PREFIX = "dedup:trade_intent:"
 ORDER_DEDUP_PREFIX = "dedup:order:"
 DEFAULT_PREFIX = "quantum:"
-
-# \Z, not $: "$" also matches before a trailing newline, which Binance refuses (-4015).
-CLIENT_ORDER_ID_RE = re.compile(rf"^{_intent.CLIENT_ORDER_ID_PATTERN}\Z")
 
 
 def load_lua(name: str) -> str:
@@ -55,31 +46,6 @@ def intent_dedup_key(trace_id: str, key_prefix: str = DEFAULT_PREFIX) -> str:
 
 def order_dedup_key(trace_id: str, key_prefix: str = DEFAULT_PREFIX) -> str:
     return f"{key_prefix}{ORDER_DEDUP_PREFIX}{trace_id}"
-
-
-# --- encoding -----------------------------------------------------------------------------------
-def _field_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)  # shortest repr: the number as written
-    if isinstance(value, Decimal):
-        return str(value)
-    return str(value)
-
-
-def encode_intent(intent: Intent) -> dict[str, str]:
-    """Stream fields for a validated intent (see ``intent.encode_intent``): exact text."""
-    return _intent.encode_intent(intent)
-
-
-def decode_intent(fields: Mapping[Any, Any]) -> Intent:
-    """An Intent from stream fields (bytes, or str); raises ``IntentError`` naming each field."""
-    return decode_entry_fields(fields)
-
-
-# --- client order id ----------------------------------------------------------------------------
-client_order_id = _intent.client_order_id
 
 
 # --- publish ------------------------------------------------------------------------------------
@@ -132,7 +98,7 @@ def publish_intent_once(
         raise _intent.IntentError(
             {"trace_id": "missing (publish_intent_once needs it for deduplication)"}
         )
-    fields = encode_intent(intent)
+    fields = _intent.encode_intent(intent)
     argv: list[str | int] = [ttl_seconds, maxlen or 0]
     for key, value in fields.items():
         argv.extend((key, value))
@@ -159,58 +125,7 @@ def claim_order(
     return bool(client.set(order_dedup_key(trace_id, key_prefix), value, nx=True, ex=ttl_seconds))
 
 
-# --- consumer side ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StreamEntry:
-    id: str
-    fields: dict[str, str]
-
-    def intent(self) -> Intent:
-        return decode_intent(self.fields)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    next_cursor: str
-    entries: list[StreamEntry]
-    deleted_ids: list[str]
-
-
-def _entries(raw: Any) -> list[StreamEntry]:
-    out: list[StreamEntry] = []
-    for item in raw or []:
-        entry_id, fields = item[0], item[1]
-        if fields is None:  # entry deleted from the stream while pending (XREADGROUP id 0)
-            out.append(StreamEntry(_s(entry_id), {}))
-            continue
-        if isinstance(fields, Mapping):
-            decoded = {_s(k): _s(v) for k, v in fields.items()}
-        else:
-            it = iter(fields)
-            decoded = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
-        out.append(StreamEntry(_s(entry_id), decoded))
-    return out
-
-
-def _is_entry(item: Any) -> bool:
-    return isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (str, bytes))
-
-
-def _read_reply(reply: Any) -> list[StreamEntry]:
-    # RESP2: [[stream, [entry, ...]]]; RESP3 (redis-py 8): {stream: [[entry, ...]]}.
-    if not reply:
-        return []
-    groups = list(reply.values()) if isinstance(reply, Mapping) else [v[1] for v in reply]
-    out: list[StreamEntry] = []
-    for value in groups:
-        if value and not _is_entry(value[0]):
-            for sub in value:
-                out.extend(_entries(sub))
-        else:
-            out.extend(_entries(value))
-    return out
-
-
+# --- consumer side (reads, claims, acks and dead letters: consume.py) ---------------------------
 def ensure_group(
     client: redis.Redis, stream: str = STREAM, group: str = GROUP, start_id: str = "$"
 ) -> bool:
@@ -226,82 +141,3 @@ def ensure_group(
             return False
         raise
     return True
-
-
-def read_own_pending(
-    client: redis.Redis,
-    consumer: str,
-    *,
-    count: int = 100,
-    start_id: str = "0",
-    stream: str = STREAM,
-    group: str = GROUP,
-) -> list[StreamEntry]:
-    """Entries already delivered to ``consumer`` and not acked (its PEL), from ``start_id`` on.
-
-    Call at start-up and page with ``start_id`` = last id seen until it returns []. An entry
-    deleted from the stream comes back with empty ``fields``.
-    """
-    reply = client.xreadgroup(group, consumer, {stream: start_id}, count=count)
-    return _read_reply(reply)
-
-
-def _socket_timeout(client: redis.Redis) -> float | None:
-    kwargs = client.connection_pool.connection_kwargs
-    timeout = kwargs.get("socket_timeout")
-    return None if timeout is None else float(timeout)
-
-
-def read_new(
-    client: redis.Redis,
-    consumer: str,
-    *,
-    block_ms: int | None = 1000,
-    count: int = 10,
-    stream: str = STREAM,
-    group: str = GROUP,
-) -> list[StreamEntry]:
-    """New entries (``>``) for ``consumer``, blocking up to ``block_ms`` (None: don't block)."""
-    timeout = _socket_timeout(client)
-    if block_ms is not None and timeout is not None and block_ms >= timeout * 1000 - 250:
-        raise ValueError(
-            f"block_ms={block_ms}: must stay below the client's socket_timeout "
-            f"({timeout} s) minus a margin, or the read fails with a timeout"
-        )
-    reply = client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
-    return _read_reply(reply)
-
-
-def self_claim(
-    client: redis.Redis,
-    consumer: str,
-    min_idle_ms: int,
-    *,
-    count: int = 100,
-    start: str = "0-0",
-    stream: str = STREAM,
-    group: str = GROUP,
-) -> ClaimResult:
-    """One XAUTOCLAIM page into ``consumer``; loop with ``start=result.next_cursor`` until 0-0."""
-    reply = client.xautoclaim(stream, group, consumer, min_idle_ms, start_id=start, count=count)
-    cursor = _s(reply[0])
-    entries = _entries(reply[1])
-    deleted = [_s(x) for x in reply[2]] if len(reply) > 2 and reply[2] else []
-    return ClaimResult(cursor, entries, deleted)
-
-
-def ack(client: redis.Redis, *entry_ids: str, stream: str = STREAM, group: str = GROUP) -> int:
-    return int(client.xack(stream, group, *entry_ids)) if entry_ids else 0
-
-
-def publish_result(
-    client: redis.Redis,
-    result: Mapping[str, Any],
-    *,
-    stream: str = RESULT_STREAM,
-    maxlen: int | None = 100_000,
-) -> str:
-    """XADD a result (values as text; None left out); approximate MAXLEN keeps it bounded."""
-    fields = {str(k): _field_text(v) for k, v in result.items() if v is not None}
-    entry_id = client.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-    return _s(entry_id)
