@@ -171,7 +171,7 @@ def test_gate_proof(
     assert code == 0
     data = json.loads(out)
     assert data["ok"] is True
-    assert data["passed"] == data["total"] == 11
+    assert data["passed"] == data["total"] == 13
     names = [c["name"] for c in data["cases"]]
     assert names == [
         "MIN_NOTIONAL",
@@ -184,11 +184,13 @@ def test_gate_proof(
         "VALID_TRADE",
         "LIVE_AUDIT",
         "INTENT_EXPIRED",
+        "TRADING_HALTED",
+        "REDUCING_ONLY",
         "MALFORMED_INPUT",
     ]
     assert redis_client.keys("*") == ["unrelated"]  # isolated keys, cleaned up
     code, out, _ = run(["gate-proof", "--redis-url", redis_url], capsys)
-    assert "GATE PROOF: 11/11" in out
+    assert "GATE PROOF: 13/13" in out
 
 
 def test_gate_proof_fails_when_a_gate_is_disabled(

@@ -37,15 +37,26 @@ from core_kernel.config import (
 from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
 from core_kernel.intent import IntentError, loads_json, parse_intent
+from core_kernel.log import setup_logging
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
 from core_kernel.recovery import FileEventLog, recover
 from core_kernel.store import KernelStore, admit_script
+from core_kernel.trading_state import (
+    TradingState,
+    audit_log,
+    check_reason,
+    parse_state,
+    read_state,
+    set_state,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REDIS_DOWN, EXIT_REDIS_ERROR = 0, 1, 2, 3, 4
 
 _SECRET_KEYS = {"binance_api_key", "binance_api_secret"}
 _EVAL_EXTRA = {"seconds_since_last_trade", "trades_last_10min"}
+#: situation fields of ``evaluate`` that are not state-gate what-ifs (issue 14)
+_EVAL_SITUATION = {"trading_state"}
 
 
 def _print_json(data: Any, out: TextIO) -> None:
@@ -289,6 +300,16 @@ def _input_lines(stream: Any) -> Iterator[tuple[int, bytes | str | None]]:
         yield lineno, line
 
 
+def _situation_state(data: dict[str, Any]) -> str | None:
+    """The what-if ``trading_state`` field, removed from ``data`` (None: not given)."""
+    if "trading_state" not in data:
+        return None
+    try:
+        return parse_state(data.pop("trading_state")).value
+    except ValueError as exc:
+        raise ValueError(f"trading_state: {exc}") from None
+
+
 def _what_if(data: dict[str, Any]) -> tuple[Decimal | None, int] | None:
     """The what-if state fields, removed from ``data``; None when neither was given."""
     if not _EVAL_EXTRA & data.keys():
@@ -347,6 +368,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
             if not isinstance(data, dict):
                 raise ValueError("each line must be a JSON object")
             what_if = _what_if(data)
+            situation_state = _situation_state(data)
         except ValueError as exc:
             failures += 1
             _print_json({"line": lineno, "error": str(exc)}, out)
@@ -356,11 +378,16 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
         except IntentError as exc:
             decision = gates.rejected(exc, mode)
         else:
-            if what_if is not None:
-                state = gates.what_if_state(what_if[0], what_if[1], params)
-                decision = gates.evaluate(intent, params, mode, state)
-            elif store is None:
-                decision = gates.evaluate(intent, params, mode)
+            if what_if is not None or situation_state is not None or store is None:
+                # What-if: the situation as given, nothing read from Redis.
+                partial = gates.judge(intent, params, mode)
+                if situation_state is not None:
+                    hold = gates.state_reason(situation_state, partial.exit_only)
+                    gates.apply_trading_state(partial, situation_state, hold)
+                state = (
+                    None if what_if is None else gates.what_if_state(what_if[0], what_if[1], params)
+                )
+                decision = gates.finish(partial, params, mode, state)
             elif deadline.passed():
                 partial = gates.judge(intent, params, mode)
                 partial.ctx["state_error"] = f"overall deadline of {args.deadline} s passed"
@@ -371,6 +398,75 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
         result["line"] = lineno
         _print_json(result, out)
     return EXIT_FAIL if failures else EXIT_OK
+
+
+def _state_client(args: argparse.Namespace) -> redis.Redis:
+    config = _load(args)
+    return _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+
+
+def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    client = _state_client(args)
+    try:
+        view = read_state(client)
+        history = audit_log(client, count=args.history) if args.history else []
+    finally:
+        client.close()
+    data = view.to_dict()
+    if args.json:
+        if args.history:
+            data["history"] = history
+        _print_json(data, out)
+        return EXIT_OK
+    line = view.state.value
+    if "at_ms" in view.raw:
+        line += (
+            f" since at_ms={view.raw['at_ms']} by {view.raw.get('user', '?')}"
+            f"@{view.raw.get('host', '?')} from {view.raw.get('from', '?')}: "
+            f"{view.raw.get('reason', '')}"
+        )
+    elif view.state is TradingState.ACTIVE:
+        line += " (never set)"
+    if view.error:
+        line += f" ({view.error}: read as HALTED)"
+    out.write(line + "\n")
+    for entry in history:
+        out.write(
+            f"  {entry['id']} {entry.get('from')} -> {entry.get('to')} "
+            f"by {entry.get('user')}@{entry.get('host')}: {entry.get('reason')}\n"
+        )
+    return EXIT_OK
+
+
+def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    target = {"halt": TradingState.HALTED, "reduce": TradingState.REDUCING}.get(
+        args.command, TradingState.ACTIVE
+    )
+    try:
+        reason = check_reason(args.reason)
+    except ValueError as exc:
+        raise UsageError(f"--reason: {exc}") from None
+    setup_logging()  # the TRADING_STATE_CHANGED line goes to stderr (journald under Ansible)
+    client = _state_client(args)
+    try:
+        change = set_state(client, target, reason, source=args.source)
+    finally:
+        client.close()
+    data = {
+        "changed": change.changed,
+        "from": change.before.value,
+        "to": change.after.value,
+        "at_ms": change.at_ms,
+        "audit_id": change.audit_id,
+        "reason": reason,
+    }
+    if args.json:
+        _print_json(data, out)
+    elif change.changed:
+        out.write(f"{change.before.value} -> {change.after.value} (audit {change.audit_id})\n")
+    else:
+        out.write(f"{change.after.value} already; nothing changed\n")
+    return EXIT_OK
 
 
 def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -386,6 +482,12 @@ def _seconds(text: str) -> float:
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 and <= 3600 seconds")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer in 0 .. 1000")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,6 +543,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="overall Redis deadline; later lines are HOLD STATE_UNAVAILABLE (default 60 s)",
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("state", parents=[common], help="show the trading state (issue 14)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--redis-url", metavar="URL")
+    p.add_argument(
+        "--history", type=_count, default=0, metavar="N", help="also the last N audit entries"
+    )
+    p.set_defaults(func=cmd_state)
+
+    for name, text in (
+        ("halt", "HALTED: nothing new passes admit, in every mode"),
+        ("reduce", "REDUCING: only reduce-only exits pass admit, in every mode"),
+        ("resume", "ACTIVE: the gates decide again"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--reason", required=True, metavar="TEXT", help="why (audit and log)")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--redis-url", metavar="URL")
+        p.add_argument(
+            "--source", default="cli", choices=["cli", "playbook"], help=argparse.SUPPRESS
+        )
+        p.set_defaults(func=cmd_set_state)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, config=None)

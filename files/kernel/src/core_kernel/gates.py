@@ -43,6 +43,8 @@ __all__ = [
 class Reason(StrEnum):
     INVALID_INPUT = "INVALID_INPUT"
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
+    TRADING_HALTED = "TRADING_HALTED"
+    REDUCING_ONLY = "REDUCING_ONLY"
     DUPLICATE_ORDER = "DUPLICATE_ORDER"
     INTENT_EXPIRED = "INTENT_EXPIRED"
     MIN_NOTIONAL = "MIN_NOTIONAL"
@@ -63,6 +65,8 @@ class GateVerdict(StrEnum):
 REASON_ORDER: tuple[Reason, ...] = (
     Reason.INVALID_INPUT,
     Reason.STATE_UNAVAILABLE,
+    Reason.TRADING_HALTED,
+    Reason.REDUCING_ONLY,
     Reason.DUPLICATE_ORDER,
     Reason.INTENT_EXPIRED,
     Reason.MIN_NOTIONAL,
@@ -72,11 +76,14 @@ REASON_ORDER: tuple[Reason, ...] = (
     Reason.R_TOO_LOW,
     Reason.MODEL_REGIME_MISMATCH,
 )
-#: Reasons that HOLD in every mode: LIVE only audits the economic gates, never these.
+#: Reasons that HOLD in every mode: LIVE only audits the economic gates, never these (the
+#: trading state is the operator's explicit command, not a gate's opinion).
 FAIL_CLOSED = frozenset(
     {
         Reason.INVALID_INPUT,
         Reason.STATE_UNAVAILABLE,
+        Reason.TRADING_HALTED,
+        Reason.REDUCING_ONLY,
         Reason.DUPLICATE_ORDER,
         Reason.INTENT_EXPIRED,
     }
@@ -276,6 +283,31 @@ def evaluate(
     return finish(judge(intent, params, mode), params, mode, state)
 
 
+#: The trading state names (the ``trading_state`` module holds the enum; gates stays I/O-free).
+TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+
+
+def state_reason(trading_state: str, exit_only: bool) -> Reason | None:
+    """The trading state's hold for one intent: HALTED (or any state that is not one of the
+    three names) holds everything, REDUCING holds entries, ACTIVE nothing.
+
+    admit.lua applies the same rule to the decisions it stores (bits T and U); this serves the
+    replies that carry no fresh decision (a replay, the what-if input).
+    """
+    if trading_state == "ACTIVE":
+        return None
+    if trading_state == "REDUCING":
+        return None if exit_only else Reason.REDUCING_ONLY
+    return Reason.TRADING_HALTED
+
+
+def apply_trading_state(partial: Partial, trading_state: str, hold: Reason | None) -> None:
+    """Record the trading state an intent was judged under, and its hold (if any)."""
+    partial.ctx["trading_state"] = trading_state
+    if hold is not None:
+        partial.failed.add(hold)
+
+
 def what_if_state(since_s: Decimal | None, count: int, params: GateParams) -> StateOutcome:
     """The cooldown and rate comparisons for ``core-kernel evaluate``'s what-if fields only.
 
@@ -414,6 +446,7 @@ def log_fields(decision: Decision) -> list[tuple[str, object]]:
         if key in c:
             fields.append((key, c[key]))
     for key in (
+        "trading_state",
         "model",
         "regime",
         "seconds_since_last_trade",

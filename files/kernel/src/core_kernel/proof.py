@@ -1,6 +1,7 @@
 """Gate proof harness: one case per reason code, each where only that gate fails, plus a valid
-trade, a LIVE audit case and a malformed input - through the real ``admit`` on a real Redis,
-under keys of their own (``quantum:proof:<random>:``) that are removed afterwards.
+trade, a LIVE audit case, the trading states (issue 14) and a malformed input - through the real
+``admit`` on a real Redis, under keys of their own (``quantum:proof:<random>:``) that are
+removed afterwards.
 
 Case inputs are derived from the configured thresholds, so the proof checks the gates as
 deployed; a threshold that makes a case impossible (e.g. ``MIN_NOTIONAL_USD=0``) fails it.
@@ -20,6 +21,7 @@ from core_kernel.config import KernelConfig
 from core_kernel.gates import Decision, GateVerdict, Reason
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.store import KernelStore
+from core_kernel.trading_state import TradingState, state_key
 
 
 @dataclass
@@ -218,6 +220,36 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
         [Reason.INTENT_EXPIRED],
         expired,
     )
+
+    def halted(store: KernelStore) -> Decision:
+        # The proof's own state key (its prefix), never the one the workers read. LIVE: the
+        # operator's halt is not audit-only.
+        store.redis.hset(state_key(store.key_prefix), "state", TradingState.HALTED.value)
+        return store.admit_mapping(b.intent("p-halted"))
+
+    yield (
+        "TRADING_HALTED",
+        "LIVE, trading state HALTED: a valid trade is held",
+        "HOLD",
+        [Reason.TRADING_HALTED],
+        ("LIVE", halted),
+    )
+
+    def reducing(store: KernelStore) -> Decision:
+        store.redis.hset(state_key(store.key_prefix), "state", TradingState.REDUCING.value)
+        exit_ = {k: b.intent("p-reduce-exit")[k] for k in ("symbol", "qty", "price", "trace_id")}
+        left = store.admit_mapping({**exit_, "side": "SELL", "reduce_only": True})
+        if left.verdict is not GateVerdict.PASS:
+            raise RuntimeError(f"the reduce-only exit was held: {left.codes}")
+        return store.admit_mapping(b.intent("p-reduce-entry"))
+
+    yield (
+        "REDUCING_ONLY",
+        "trading state REDUCING: a valid entry is held (its reduce-only exit passed)",
+        "HOLD",
+        [Reason.REDUCING_ONLY],
+        reducing,
+    )
     yield (
         "MALFORMED_INPUT",
         "qty=NaN",
@@ -241,11 +273,14 @@ def run_proof(client: redis.Redis, config: KernelConfig) -> list[CaseResult]:
             action = spec
             if isinstance(spec, tuple):
                 mode = TradingMode(spec[0])
+                if callable(spec[1]):
+                    action = spec[1]
+                else:
 
-                def run(store: KernelStore, _i: dict[str, Any] = spec[1]) -> Decision:
-                    return store.admit_mapping(_i)
+                    def run(store: KernelStore, _i: dict[str, Any] = spec[1]) -> Decision:
+                        return store.admit_mapping(_i)
 
-                action = run
+                    action = run
             store = KernelStore(client, config, report_for(mode), key_prefix=prefix)
             try:
                 decision = action(store)

@@ -12,6 +12,11 @@ Corrupted or foreign state is never trusted and never overwritten: a last-trade 
 integer milliseconds or a trades key of the wrong type is HOLD STATE_UNAVAILABLE naming the key;
 a dedup key holding anything admit did not write is HOLD DUPLICATE_ORDER (someone else claimed
 that order).
+
+The operator's trading state (``trading_state``) is read by the same script: every reply starts
+with the state it found, a fresh decision carries its hold (bits T / U), and a replayed decision
+is held by the current state too (its stored value is left as is), so no order goes out after a
+halt has committed - not even one admitted before it and redelivered.
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ from core_kernel.intent import (
 from core_kernel.log import kv
 from core_kernel.mode import ModeReport, TradingMode
 from core_kernel.streams import DEDUP_TTL_SECONDS, DEFAULT_PREFIX, load_lua, order_dedup_key
+from core_kernel.trading_state import state_key
 
 log = logging.getLogger("core_kernel.gates")
 
 _PASS, _HOLD = GateVerdict.PASS, GateVerdict.HOLD
 _STORED = re.compile(
-    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?)\|([0-9]{0,15})\|"
+    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?[TU]?)\|([0-9]{0,15})\|"
     r"([\.A-Z\:/a-z0-9_-]{1,36})"
 )
+_STATE_HOLDS = frozenset({Reason.TRADING_HALTED, Reason.REDUCING_ONLY})
 _NO_TRACE = IntentError({"trace_id": "missing (admit needs it to deduplicate orders)"})
 
 
@@ -89,6 +96,7 @@ class KernelStore:
         self.mode = mode.mode if isinstance(mode, ModeReport) else mode
         self.key_prefix = key_prefix
         self.trades_key = f"{key_prefix}kernel:trades"
+        self.state_key = state_key(key_prefix)
         self._last_trade_prefix = f"{key_prefix}kernel:last_trade:"
         self._window_ms = self.params.rate_window_seconds * 1000
         self._enforce = self.mode is not TradingMode.LIVE
@@ -174,13 +182,17 @@ class KernelStore:
             + (8 if dry else 0)
         )
         dedup_key = self.order_key(trace_id) if trace_id is not None else "-"
-        keys = [dedup_key, self.last_trade_key(intent.symbol), self.trades_key]
+        keys = [dedup_key, self.last_trade_key(intent.symbol), self.trades_key, self.state_key]
         args = [flags, "" if entry_ms is None else entry_ms, f"{intent.symbol}:{trace_id}", cid]
         try:
             reply = _text(self._admit(keys=keys, args=args))
         except (redis.RedisError, UnicodeDecodeError) as exc:
             return self._unavailable(partial, cid, "redis", f"{type(exc).__name__}: {exc}")
+        found, _, reply = reply.partition(";")
         kind = reply[:1]
+        # A fresh decision carries the script's own hold (bits T / U); every other reply is held
+        # by the state the script found, by the same rule (gates.state_reason).
+        self._trading_state(partial, found, hold=not reply.startswith("k1|"))
         if kind == "!":
             key, _, reason = reply[1:].partition("|")
             return self._unavailable(partial, cid, key, reason)
@@ -192,6 +204,13 @@ class KernelStore:
         if match is None:
             return self._foreign(partial, dedup_key, cid, stored)
         verdict, _now, since, count, bits, age, stored_cid = match.groups()
+        # The stored decision's own hold (bits), and for a replay the state's hold now.
+        if "T" in bits:
+            partial.failed.add(Reason.TRADING_HALTED)
+        if "U" in bits:
+            partial.failed.add(Reason.REDUCING_ONLY)
+        if replayed and partial.failed & _STATE_HOLDS:
+            verdict = "H"
         state = StateOutcome(
             cooldown="C" in bits,
             rate="R" in bits,
@@ -208,6 +227,17 @@ class KernelStore:
             decision.client_order_id = stored_cid
             decision.context["client_order_id"] = stored_cid
         return self.log_decision(decision)
+
+    def _trading_state(self, partial: gates.Partial, found: str, *, hold: bool) -> None:
+        """Record the state the script found; ``hold``: apply its rule to this intent."""
+        if found.startswith("?"):
+            partial.ctx["trading_state_error"] = f"{self.state_key}: {found[1:]}"
+            found = "HALTED"
+        elif found not in gates.TRADING_STATES:
+            partial.ctx["trading_state_error"] = f"{self.state_key}: script reply {found[:40]!r}"
+            found = "HALTED"
+        reason = gates.state_reason(found, partial.exit_only) if hold else None
+        gates.apply_trading_state(partial, found, reason)
 
     def _unavailable(self, partial: gates.Partial, cid: str, key: str, reason: str) -> Decision:
         log.error(

@@ -5,15 +5,19 @@
 --   cooldown fails when  max(0, now - last) < MIN_HOLD_MS      (the one clamp, here)
 --   rate fails when      count(score > now - WINDOW_MS) >= MAX_TRADES
 --   expired when         max(0, now - entry_ms) > MAX_AGE_MS   (entry_ms: the XADD time)
+--   trading state (issue 14, the operator's command, in every mode): HGET KEYS[4] state;
+--     no key = ACTIVE; ACTIVE / REDUCING / HALTED as named; anything else reads as HALTED.
+--     HALTED holds everything (bit T), REDUCING holds entries (bit U), exits pass.
+--     gates.state_reason is the same rule for replies that carry no bits (replays, what-if).
 -- The thresholds are compiled in when a store loads the script (one SHA per config);
 -- $$ is a literal dollar (string.Template).
 local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
   $min_hold_ms, $max_trades, $window_ms, $ttl_s, $max_age_ms
--- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET
+-- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET  KEYS[4] trading state
 -- ARGV[1] flags = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry_run
 -- ARGV[2] entry time in ms ('' = unknown)  ARGV[3] trade member  ARGV[4] client order id
--- Replies (strings):
---   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits from C R E)
+-- Replies (strings), each prefixed 'STATE;' (ACTIVE, REDUCING, HALTED or '?' .. what was found):
+--   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E T U)
 --   '=' .. stored value                  a decision stored earlier (a replay; Python checks it)
 --   '#' .. reason                        a dedup key the kernel did not write (foreign)
 --   '!' .. key .. '|' .. reason          state the kernel cannot read: nothing was written
@@ -21,18 +25,33 @@ local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
 local flags = tonumber(ARGV[1])
 local dry = flags >= 8
 if dry then flags = flags - 8 end
+-- The trading state first: every reply carries it, a replay is held by it too (Python decides
+-- that from the prefix, the stored decision is never rewritten).
+local ts = 'ACTIVE'
+local sv = redis.pcall('HGET', KEYS[4], 'state')
+if type(sv) == 'table' and sv.err then
+  ts = '?wrong type'
+elseif not sv then
+  if redis.call('EXISTS', KEYS[4]) == 1 then ts = '?no state field' end
+elseif sv == 'ACTIVE' or sv == 'REDUCING' or sv == 'HALTED' then
+  ts = sv
+else
+  ts = '?unknown state value'
+end
+local halted = ts ~= 'ACTIVE' and ts ~= 'REDUCING'
+local head = ts .. ';'
 if not dry then
   local got = redis.pcall('GET', KEYS[1])
   if type(got) == 'table' and got.err then
-    return '#wrong type'
+    return head .. '#wrong type'
   end
   if got then
     -- Only a value admit could have written comes back whole (ASCII, so every client decodes
     -- it); Python still checks its exact form.
     if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
-      return '#foreign value'
+      return head .. '#foreign value'
     end
-    return '=' .. got
+    return head .. '=' .. got
   end
 end
 local entry = flags >= 4
@@ -44,14 +63,14 @@ local last, count = false, 0
 if entry then
   last = redis.pcall('GET', KEYS[2])
   if type(last) == 'table' and last.err then
-    return '!' .. KEYS[2] .. '|wrong type'
+    return head .. '!' .. KEYS[2] .. '|wrong type'
   end
   if last and (#last > 15 or not string.match(last, '^%d+$$')) then
-    return '!' .. KEYS[2] .. '|not integer milliseconds'
+    return head .. '!' .. KEYS[2] .. '|not integer milliseconds'
   end
   count = redis.pcall('ZCOUNT', KEYS[3], '(' .. string.format('%.0f', window_start), '+inf')
   if type(count) == 'table' and count.err then
-    return '!' .. KEYS[3] .. '|wrong type'
+    return head .. '!' .. KEYS[3] .. '|wrong type'
   end
 end
 local bits = ''
@@ -75,11 +94,18 @@ if ARGV[2] ~= '' then
     pass = false
   end
 end
+if halted then
+  bits = bits .. 'T'
+  pass = false
+elseif ts == 'REDUCING' and entry then
+  bits = bits .. 'U'
+  pass = false
+end
 local now_s = string.format('%.0f', now)
 local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|' .. count
   .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
 if dry then
-  return stored
+  return head .. stored
 end
 if pass and entry then
   redis.call('SET', KEYS[2], now_s)
@@ -88,4 +114,4 @@ if pass and entry then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', window_start))
 end
 redis.call('SET', KEYS[1], stored, 'EX', TTL_S)
-return stored
+return head .. stored
