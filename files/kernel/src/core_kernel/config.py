@@ -22,6 +22,8 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core_kernel.gates import GateParams, parse_allowed_models
+from core_kernel.intent import NUMBER_PATTERN
+from core_kernel.mode import FALSE_TEXTS, TRUE_TEXTS
 
 DEFAULT_PATH = Path("/etc/quantum/core_gates.env")
 PATH_ENV_VAR = "CORE_GATES_ENV"
@@ -46,15 +48,13 @@ MAX_MS = 10**12
 #: (200 digits, exponent limit 999) can never overflow or round on them.
 MAX_DECIMAL = Decimal(10) ** 15
 MAX_DECIMAL_DIGITS = 32
-#: The recvWindow assumed when BINANCE_RECV_WINDOW_MS is not configured (python-binance's own
-#: default): a takeover must still find the intent young enough to send, so
-#: MAX_INTENT_AGE_MS > STALE_IDLE_MS + recvWindow.
-RECV_WINDOW_CEILING_MS = 10_000
-_ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+# The env file's numbers follow the intent contract's ASCII decimal rule: one rule, one place.
+_ASCII_DECIMAL = re.compile(NUMBER_PATTERN)
 _ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
 
 
-_BOOL_TEXTS = frozenset({"", "true", "false", "1", "0", "yes", "no", "on", "off"})
+# Empty means "not set"; the texts themselves are the ones mode.py reads.
+_BOOL_TEXTS = frozenset({""}) | TRUE_TEXTS | FALSE_TEXTS
 
 
 def _check_bool_text(value: str) -> str:
@@ -212,8 +212,7 @@ class KernelConfig(BaseSettings):
     def _consumers_can_run(self) -> KernelConfig:
         # A takeover happens after STALE_IDLE_MS idle and a send may execute up to recvWindow
         # later; an age limit below that would expire every intent a crashed worker leaves.
-        # The exchange block's BINANCE_RECV_WINDOW_MS when that key exists.
-        window = int(getattr(self, "binance_recv_window_ms", RECV_WINDOW_CEILING_MS))
+        window = self.binance_recv_window_ms
         floor = self.stale_idle_ms + window
         if self.max_intent_age_ms <= floor:
             raise ValueError(

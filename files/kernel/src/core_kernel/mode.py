@@ -8,8 +8,9 @@ from enum import StrEnum
 
 MODE_KEYS = ("TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET")
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+#: The boolean texts of the env file (lower-cased); config.py accepts exactly these (or empty).
+TRUE_TEXTS = frozenset({"true", "1", "yes", "on"})
+FALSE_TEXTS = frozenset({"false", "0", "no", "off"})
 
 
 class TradingMode(StrEnum):
@@ -46,9 +47,9 @@ def _vote(key: str, raw: str) -> TradingMode | None:
         upper = value.upper()
         return TradingMode(upper) if upper in {"TESTNET", "LIVE"} else None
     low = value.lower()
-    if low in _TRUE:
+    if low in TRUE_TEXTS:
         return TradingMode.TESTNET
-    if low in _FALSE:
+    if low in FALSE_TEXTS:
         return TradingMode.LIVE
     return None
 
