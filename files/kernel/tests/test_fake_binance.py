@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException
+from helpers import control
 
 from core_kernel.fake_binance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
 
@@ -30,15 +30,6 @@ def client_for(server: FakeBinance, secret: str = DEFAULT_API_SECRET) -> Client:
     client = Client(DEFAULT_API_KEY, secret, ping=False)
     client.FUTURES_URL = server.base_url
     return client
-
-
-def control(server: FakeBinance, path: str, body: dict | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        server.root_url + path, data=data, method="POST" if data else "GET"
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.load(resp)
 
 
 def test_public_endpoints(fake):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +11,7 @@ import pytest
 import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException
+from helpers import control
 
 from core_kernel.fake_binance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
 
@@ -29,15 +29,6 @@ def client_for(server: FakeBinance, recv_window: int = 5000) -> Client:
     client.REQUEST_RECVWINDOW = recv_window
     client.REQUEST_TIMEOUT = 2
     return client
-
-
-def control(server: FakeBinance, path: str, body: dict | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        server.root_url + path, data=data, method="POST" if data else "GET"
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.load(resp)
 
 
 def market(c: Client, cid: str, **extra: str) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from corpus import SEED_KWARGS
 from helpers import config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -227,25 +228,7 @@ python_values = st.one_of(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    values=st.fixed_dictionaries(
-        {
-            k: python_values
-            for k in (
-                "symbol",
-                "side",
-                "qty",
-                "price",
-                "expected_move_usd",
-                "tp",
-                "sl",
-                "model",
-                "regime",
-                "leverage",
-                "trace_id",
-                "reduce_only",
-            )
-        }
-    ),
+    values=st.fixed_dictionaries({k: python_values for k in sorted(SEED_KWARGS)}),
     mode=st.sampled_from([TradingMode.TESTNET, TradingMode.LIVE]),
 )
 def test_seed_api_never_raises_for_any_python_value(
