@@ -171,7 +171,7 @@ def test_gate_proof(
     assert code == 0
     data = json.loads(out)
     assert data["ok"] is True
-    assert data["passed"] == data["total"] == 13
+    assert data["passed"] == data["total"] == 15
     names = [c["name"] for c in data["cases"]]
     assert names == [
         "MIN_NOTIONAL",
@@ -181,6 +181,8 @@ def test_gate_proof(
         "R_TOO_LOW_TREND",
         "R_TOO_LOW_RANGE",
         "MODEL_REGIME_MISMATCH",
+        "MAX_NOTIONAL",
+        "MAX_LEVERAGE",
         "VALID_TRADE",
         "LIVE_AUDIT",
         "INTENT_EXPIRED",
@@ -190,7 +192,7 @@ def test_gate_proof(
     ]
     assert redis_client.keys("*") == ["unrelated"]  # isolated keys, cleaned up
     code, out, _ = run(["gate-proof", "--redis-url", redis_url], capsys)
-    assert "GATE PROOF: 13/13" in out
+    assert "GATE PROOF: 15/15" in out
 
 
 def test_gate_proof_fails_when_a_gate_is_disabled(

@@ -115,6 +115,13 @@ class KernelConfig(BaseSettings):
     order_lease_ms: int = Field(30000, alias="ORDER_LEASE_MS", ge=1000, le=86_400_000)
     redis_durability: str = Field("warn", alias="REDIS_DURABILITY")
 
+    # operator controls (issue 14) ---------------------------------------------------------------
+    # Fat-finger limits per order (empty = off). Defaults catch a 10x-1000x slip of a bot whose
+    # orders are tens to a few thousand USD: 50000 USD is 2000x MIN_NOTIONAL_USD; leverage above
+    # 20 is outside what an automated strategy here is meant to use (Binance allows up to 125).
+    max_notional_usd: Decimal | None = Field(Decimal("50000"), alias="MAX_NOTIONAL_USD", gt=0)
+    max_leverage: Decimal | None = Field(Decimal("20"), alias="MAX_LEVERAGE", ge=1, le=125)
+
     @field_validator("binance_position_mode")
     @classmethod
     def _check_position_mode(cls, value: str) -> str:
@@ -161,7 +168,7 @@ class KernelConfig(BaseSettings):
         # unknown keys and per-key errors can be reported; the model only validates.
         return (init_settings,)
 
-    @field_validator("min_r_other", mode="before")
+    @field_validator("min_r_other", "max_notional_usd", "max_leverage", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "":
@@ -178,6 +185,8 @@ class KernelConfig(BaseSettings):
         "funding_bps",
         "slippage_bps",
         "noise_bps",
+        "max_notional_usd",
+        "max_leverage",
         mode="before",
     )
     @classmethod
@@ -290,6 +299,8 @@ class KernelConfig(BaseSettings):
             min_r_other=self.min_r_other,
             allowed_models=parse_allowed_models(self.allowed_models),
             max_intent_age_ms=self.max_intent_age_ms,
+            max_notional_usd=self.max_notional_usd,
+            max_leverage=self.max_leverage,
         )
 
 

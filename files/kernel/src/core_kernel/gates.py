@@ -47,6 +47,8 @@ class Reason(StrEnum):
     REDUCING_ONLY = "REDUCING_ONLY"
     DUPLICATE_ORDER = "DUPLICATE_ORDER"
     INTENT_EXPIRED = "INTENT_EXPIRED"
+    MAX_NOTIONAL = "MAX_NOTIONAL"
+    MAX_LEVERAGE = "MAX_LEVERAGE"
     MIN_NOTIONAL = "MIN_NOTIONAL"
     EDGE_TOO_SMALL = "EDGE_TOO_SMALL"
     COOLDOWN = "COOLDOWN"
@@ -69,6 +71,8 @@ REASON_ORDER: tuple[Reason, ...] = (
     Reason.REDUCING_ONLY,
     Reason.DUPLICATE_ORDER,
     Reason.INTENT_EXPIRED,
+    Reason.MAX_NOTIONAL,
+    Reason.MAX_LEVERAGE,
     Reason.MIN_NOTIONAL,
     Reason.EDGE_TOO_SMALL,
     Reason.COOLDOWN,
@@ -94,6 +98,8 @@ FAIL_CLOSED = frozenset(
 _INVALID = Reason.INVALID_INPUT
 _UNAVAILABLE = Reason.STATE_UNAVAILABLE
 _MIN_NOTIONAL = Reason.MIN_NOTIONAL
+_MAX_NOTIONAL = Reason.MAX_NOTIONAL
+_MAX_LEVERAGE = Reason.MAX_LEVERAGE
 _EDGE = Reason.EDGE_TOO_SMALL
 _COOLDOWN = Reason.COOLDOWN
 _RATE_LIMIT = Reason.RATE_LIMIT
@@ -160,6 +166,9 @@ class GateParams:
     min_r_other: Decimal | None
     allowed_models: Mapping[str, tuple[str, ...]]
     max_intent_age_ms: int = 180_000
+    #: fat-finger limits (issue 14); None = off
+    max_notional_usd: Decimal | None = None
+    max_leverage: Decimal | None = None
     _allowed_lc: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
     _edge_factor: Decimal = field(init=False, repr=False, compare=False)
 
@@ -397,6 +406,16 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
         model, regime = intent.model, intent.regime
         assert move is not None and tp is not None and sl is not None
         assert model is not None and regime is not None
+        # fat-finger limits (issue 14): entries only, an exit must never be stranded by them
+        if params.max_notional_usd is not None:
+            ctx["max_notional_usd"] = params.max_notional_usd
+            if notional > params.max_notional_usd:
+                failed.add(_MAX_NOTIONAL)
+        if params.max_leverage is not None and intent.leverage is not None:
+            ctx["leverage"] = intent.leverage
+            ctx["max_leverage"] = params.max_leverage
+            if intent.leverage > params.max_leverage:
+                failed.add(_MAX_LEVERAGE)
         # 1. notional
         ctx["min_notional_usd"] = params.min_notional_usd
         if notional < params.min_notional_usd:

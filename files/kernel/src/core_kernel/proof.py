@@ -183,6 +183,30 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
         [Reason.MODEL_REGIME_MISMATCH],
         single(b.intent("p-model", model=b.wrong_trend_model)),
     )
+    if p.max_notional_usd is not None:
+        big_qty = (p.max_notional_usd * 2 / b.price).quantize(Decimal("0.001"), ROUND_CEILING)
+        big = b.price * big_qty
+        yield (
+            "MAX_NOTIONAL",
+            f"notional {big} > MAX_NOTIONAL_USD={p.max_notional_usd}",
+            "HOLD",
+            [Reason.MAX_NOTIONAL],
+            single(
+                b.intent(
+                    "p-max-notional",
+                    qty=big_qty,
+                    expected_move_usd=big * p.friction_rate * p.edge_multiplier * 2,
+                )
+            ),
+        )
+    if p.max_leverage is not None:
+        yield (
+            "MAX_LEVERAGE",
+            f"leverage {p.max_leverage + 1} > MAX_LEVERAGE={p.max_leverage}",
+            "HOLD",
+            [Reason.MAX_LEVERAGE],
+            single(b.intent("p-max-leverage", leverage=p.max_leverage + 1)),
+        )
     yield (
         "VALID_TRADE",
         f"notional {notional}, R={p.min_r_trend} exactly, {b.trend_model} in TREND",
