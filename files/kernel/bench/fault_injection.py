@@ -132,10 +132,12 @@ class WorkerProc:
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
     deaths: list[float] = field(default_factory=list)
+    log_offset: int = 0
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         env = dict(self.env)
         env.update(extra_env or {})
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "core_kernel.worker", "--consumer", self.name, *self.args],
@@ -154,8 +156,19 @@ class WorkerProc:
         self.proc.wait(10)
         self.deaths.append(time.time())
 
+    def started(self) -> bool:
+        """The worker logged WORKER_START since its last start (its handlers are in place)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return b"WORKER_START" in log.read()
+
     def term(self, timeout: float = 20) -> int:
         assert self.proc is not None
+        # A process still importing Python cannot run a handler; systemd would likewise wait for
+        # READY. Only a started worker is asked to finish and exit 0.
+        deadline = time.time() + timeout
+        while self.proc.poll() is None and not self.started() and time.time() < deadline:
+            time.sleep(0.05)
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 

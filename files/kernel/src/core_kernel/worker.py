@@ -728,6 +728,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The handler goes in before any set-up: a SIGTERM while the config loads or the exchange
+    # client is built must end in a clean exit 0, not death by the signal.
+    held: dict[str, Any] = {"worker": None, "stop": False}
+
+    def _stop(signum: int, frame: Any) -> None:
+        log.info(kv("WORKER_SIGNAL", {"signal": signal.Signals(signum).name}))
+        held["stop"] = True
+        if held["worker"] is not None:
+            held["worker"].stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     errors: list[str] = []
@@ -784,13 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         block_ms=args.block_ms,
         pel_interval_s=args.pel_interval,
     )
-
-    def _stop(signum: int, frame: Any) -> None:
-        log.info(kv("WORKER_SIGNAL", {"signal": signal.Signals(signum).name}))
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    held["worker"] = worker
+    worker.stopping = bool(held["stop"])
     code = worker.run()
     print(json.dumps({"consumer": worker.consumer, **_stats_fields(worker.stats)}), flush=True)
     return code
