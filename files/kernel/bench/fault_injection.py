@@ -198,6 +198,7 @@ class Report:
     pending_left: int = 0
     consumers: list[dict[str, Any]] = field(default_factory=list)
     takeover_latency_s: list[float] = field(default_factory=list)
+    fault_waits_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     intents_per_s: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)
@@ -370,7 +371,7 @@ def run_faults(
     *,
     n_intents: int = 1000,
     stale_ms: int = 2000,
-    crash_after: int = 40,
+    crash_after: int | None = None,
     kill_b: bool = True,
     restore: bool = True,
     shared_name: bool = False,
@@ -385,29 +386,46 @@ def run_faults(
     a, b = pipe.workers
     aside = workdir / "aof-aside"
     try:
+        # A dies well inside the first slice (30 %, of which ~80 % pass, shared by two workers)
+        crash_after = crash_after or max(5, n_intents // 25)
         a.start({"CORE_KERNEL_FAULT_CRASH_AFTER_ORDER": str(crash_after)})
         b.start({"CORE_KERNEL_FAULT_CLOCK_SKEW_MS": "-600000"})
         trace_ids = [intent(i, run)["trace_id"] for i in range(n_intents)]
         want = set(trace_ids)
         report.distinct = len(want)
         publish_done = threading.Event()
+        # The intents go out in slices, each released only once the fault phase before it is
+        # armed: on a fast machine the whole run could otherwise be over before a fault is
+        # switched on (a CI run finished in 13 s and never met its 429s).
+        cuts = [n_intents * k // 20 for k in (6, 10, 13, 16)] + [n_intents]
+        gates = [threading.Event() for _ in cuts]
+        gates[0].set()
         counts = collections.Counter[str]()
         raw = redis.Redis.from_url(redis_url, socket_timeout=10)
 
         def publisher() -> None:
             client = streams.make_client(redis_url, socket_timeout=10)
-            for i in range(n_intents):
-                text = json.dumps(intent(i, run))
-                counts[_retrying(publish_text, client, text)] += 1
-                if i % 7 == 0:  # the router sees this one again: a duplicate by trace id
+            start = 0
+            for cut, gate in zip(cuts, gates, strict=True):
+                gate.wait(timeout_s)
+                for i in range(start, cut):
+                    text = json.dumps(intent(i, run))
                     counts[_retrying(publish_text, client, text)] += 1
-                if i % 331 == 17:  # poison, straight into the stream
-                    _retrying(raw.xadd, streams.STREAM, poison(counts["poison"]))
-                    counts["poison"] += 1
-                if i % 50 == 0:
-                    time.sleep(0.03)  # spread the run so faults land mid-stream
+                    if i % 7 == 0:  # the router sees this one again: a duplicate by trace id
+                        counts[_retrying(publish_text, client, text)] += 1
+                    if i % 331 == 17:  # poison, straight into the stream
+                        _retrying(raw.xadd, streams.STREAM, poison(counts["poison"]))
+                        counts["poison"] += 1
+                    if i % 50 == 0:
+                        time.sleep(0.03)
+                start = cut
             client.close()
             publish_done.set()
+
+        def release(phase: int, want: dict[str, int]) -> None:
+            """Let slice ``phase`` go out, then wait until the fake has served the armed faults."""
+            gates[phase].set()
+            report.fault_waits_s.append(_wait_faults(pipe, want, 30 + stale_ms / 1000))
 
         t0 = time.time()
         pub = threading.Thread(target=publisher, daemon=True)
@@ -424,6 +442,7 @@ def run_faults(
         )
         stranded_ids = {streams._s(p["message_id"]) for p in stranded}
         pipe.fault(drop_after_accept=3, error_after_accept=3)
+        release(1, {"fault_drop_after_accept": 3, "fault_error_after_accept": 3})
         stranded_tids = _trace_ids_for(pipe.client, stranded_ids)
         if not shared_name:
             pipe.wait_results(stranded_tids, report.takeover_goal_s + 10)
@@ -442,12 +461,32 @@ def run_faults(
         time.sleep(0.3)
         server.restart()
         pipe.fault(rate_limit=4, retry_after=1)
+        release(2, {"fault_rate_limit": 4})
 
-        # fault 3: late visibility, ambiguous answers with late execution, lookup failures
-        pipe.fault(visibility_ms=800, ack_1007=3, ack_503=2, ack_drop=2, execute_after_ms=300)
-        time.sleep(1.0)
-        pipe.fault(query_5xx=3, query_1021=2, query_403=2)
-        time.sleep(1.0)
+        # fault 3: late visibility, ambiguous answers with late execution, lookup failures (armed
+        # together: the lookups that follow an ambiguous answer are the ones that must survive them)
+        pipe.fault(
+            visibility_ms=800,
+            ack_1007=3,
+            ack_503=2,
+            ack_drop=2,
+            execute_after_ms=300,
+            query_5xx=3,
+            query_1021=2,
+            query_403=2,
+        )
+        release(
+            3,
+            {
+                "fault_ack_1007": 3,
+                "fault_ack_503": 2,
+                "fault_ack_drop": 2,
+                "fault_query_5xx": 3,
+                "fault_query_1021": 2,
+                "fault_query_403": 2,
+                "late_executed": 1,
+            },
+        )
         pipe.fault(visibility_ms=0)
 
         # fault 5: Redis restored from the older AOF copied aside above
@@ -455,6 +494,7 @@ def run_faults(
             restore_aof(server, aside)
 
         # fault 6: kill -9 of worker B wherever it is, restarted after its entries go stale
+        gates[4].set()
         if kill_b:
             time.sleep(0.5)
             if b.alive():
@@ -485,6 +525,17 @@ def run_faults(
         return report
     finally:
         pipe.close()
+
+
+def _wait_faults(pipe: Pipeline, want: dict[str, int], timeout_s: float) -> float:
+    """Seconds until the fake's counters reached ``want`` (the test then checks them)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        stats = pipe.stats()
+        if all(stats.get(k, 0) >= v for k, v in want.items()):
+            break
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 def _settle(
@@ -628,6 +679,7 @@ def table(report: Report, stale_ms: int) -> str:
         ("pending entries left", report.pending_left),
         ("consumers at the end", json.dumps(report.consumers)),
         ("faults injected", json.dumps(report.faults, sort_keys=True)),
+        ("seconds until each fault phase was served", [round(w, 2) for w in report.fault_waits_s]),
         ("worker exit codes on SIGTERM", report.worker_exit_codes),
         (
             f"death -> taken over (STALE_IDLE_MS={stale_ms})",
