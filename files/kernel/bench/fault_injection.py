@@ -449,7 +449,7 @@ def run_faults(
         stranded_ids = {streams._s(p["message_id"]) for p in stranded}
         pipe.fault(drop_after_accept=3, error_after_accept=3)
         release(1, {"fault_drop_after_accept": 3, "fault_error_after_accept": 3})
-        stranded_tids = _trace_ids_for(pipe.client, stranded_ids)
+        stranded_tids = _trace_ids_for(pipe.redis_url, stranded_ids)
         if not shared_name:
             pipe.wait_results(stranded_tids, report.takeover_goal_s + 10)
             by_tid = {
@@ -567,14 +567,20 @@ def _settle(
         client.close()
 
 
-def _trace_ids_for(client: redis.Redis, ids: set[str]) -> set[str]:
+def _trace_ids_for(redis_url: str, ids: set[str]) -> set[str]:
+    # A raw client: a stranded entry may be one of the poison entries, whose
+    # non-UTF-8 bytes would fail a decoding client's whole reply.
+    client = redis.Redis.from_url(redis_url)
     out: set[str] = set()
-    for entry_id in ids:
-        rows = _retrying(client.xrange, streams.STREAM, entry_id, entry_id)
-        for _, fields in rows or []:
-            tid = (fields or {}).get("trace_id")
-            if tid:
-                out.add(streams._s(tid))
+    try:
+        for entry_id in ids:
+            rows = _retrying(client.xrange, streams.STREAM, entry_id, entry_id)
+            for _, fields in rows or []:
+                tid = (fields or {}).get(b"trace_id")
+                if tid:
+                    out.add(tid.decode("utf-8", "replace"))
+    finally:
+        client.close()
     return out
 
 
