@@ -35,6 +35,8 @@ def main() -> int:
         "env": dict(os.environ),
     }
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    # The record holds the service's whole environment, exchange keys included: owner only.
+    os.umask(0o077)
     target = RUN_DIR / f"{name}.env.json"
     tmp = target.with_suffix(".tmp")
     # Write then rename so a reader never sees half a file.

@@ -56,6 +56,13 @@ def test_env_file_mode_owner_and_values(host):
     assert f.content_string.startswith("#"), "ansible_managed header missing"
 
 
+def test_env_file_leaves_the_exchange_keys_to_the_application(host):
+    # Written even empty, they would override the application's own values (the drop-in's
+    # EnvironmentFile= comes after the unit's); the inventory sets none for the kernel.
+    keys = env_values(host).keys()
+    assert not {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_FUTURES_URL"} & keys
+
+
 def test_env_file_passes_check_config(host):
     host.check_output("%s check-config --config %s", KERNEL, ENV_FILE)
 

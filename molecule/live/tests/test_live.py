@@ -124,6 +124,37 @@ def test_env_file_says_live(host):
     assert "\nUSE_BINANCE_TESTNET=false\n" in text
 
 
+APP_ENV_FILES = ("/etc/quantum/quantum.env", "/etc/quantum/quantum-exchange.env")
+STANDINS = ("quantum-execution", "quantum-ai-strategy-router")
+
+
+def env_file_values(host, path: str) -> dict[str, str]:
+    text = host.file(path).content_string
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+@pytest.mark.parametrize("unit", STANDINS)
+def test_application_environment_is_untouched(host, unit):
+    """Every variable of the application's own env files keeps its value in the running
+    service after the deploy (issue 12 item 1: exchange keys, app-only keys, mode keys)."""
+    app: dict[str, str] = {}
+    for path in APP_ENV_FILES:
+        app.update(env_file_values(host, path))
+    assert {"BINANCE_API_KEY", "BINANCE_API_SECRET", "QUANTUM_APP_ONLY"} <= app.keys(), app
+    main_pid = int(host.check_output("systemctl show -p MainPID --value %s.service", unit))
+    record = json.loads(host.file(f"/run/quantum-lab/{unit}.env.json").content_string)
+    assert record["pid"] == main_pid, "the environment record is not the running process's"
+    env = record["env"]
+    # The process started with the kernel's drop-in: without this the check below is vacuous.
+    kernel = env_file_values(host, ENV_FILE)
+    assert env.get("MIN_NOTIONAL_USD") == kernel["MIN_NOTIONAL_USD"], env
+    changed = {key: (want, env.get(key)) for key, want in app.items() if env.get(key) != want}
+    assert not changed, f"the deploy changed the application's environment: {changed}"
+    # The kernel's file carries no exchange keys of its own (none were set in the inventory).
+    assert not {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_FUTURES_URL"} & kernel.keys()
+
+
 def test_recovery_reports_without_changing_redis(host):
     before = host_state(host)
     assert any(DEAD in row for row in before["pending"]), "the prepare's stale entry is gone"
