@@ -113,7 +113,7 @@ def main() -> None:
             url = f"redis://127.0.0.1:{port}/0"
             env_path = Path(tmp) / "core_gates.env"
             env_path.write_text(
-                f"REDIS_URL={url}\nTRADING_MODE=TESTNET\nMIN_HOLD_SECONDS=0\n"
+                f"CORE_KERNEL_REDIS_URL={url}\nTRADING_MODE=TESTNET\nMIN_HOLD_SECONDS=0\n"
                 "MAX_TRADES_10MIN=1000000\n"
             )
             rows = [one_round(url, env_path, n, args.threads) for n in range(args.rounds)]

@@ -101,7 +101,7 @@ def env_file(path: Path, redis_url: str, exchange_url: str, stale_ms: int) -> Pa
     path.write_text(
         "\n".join(
             [
-                f"REDIS_URL={redis_url}",
+                f"CORE_KERNEL_REDIS_URL={redis_url}",
                 "TRADING_MODE=TESTNET",
                 "BINANCE_TESTNET=true",
                 "USE_BINANCE_TESTNET=true",

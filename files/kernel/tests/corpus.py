@@ -418,7 +418,7 @@ def config_cases() -> list[ConfigCase]:
         ("MIN_HOLD_SECONDS", ["10000000000", "\uff13\uff10\uff10"]),
         ("MAX_TRADES_10MIN", ["0", "1e9"]),
         (
-            "REDIS_URL",
+            "CORE_KERNEL_REDIS_URL",
             [
                 "redis://127.0.0.1:notaport/0",
                 "redis://127.0.0.1:99999/0",
@@ -428,6 +428,8 @@ def config_cases() -> list[ConfigCase]:
                 "redis://h o:1/0",
             ],
         ),
+        # The application's key, read when the kernel's is unset: refused just the same.
+        ("REDIS_URL", ["redis://127.0.0.1:notaport/0", "not-a-url", "redis://h:6379/x"]),
         ("ALLOWED_MODELS", ["TREND:PatchT\u017fT", "h\u0131gh:XGBoost", "TREND"]),
         ("RECOVERY_BATCH", ["0", "100000"]),
         ("TRADING_MODE", ["PAPER", "live\u0131", "l\u0131ve", "TESTNE\u0422"]),

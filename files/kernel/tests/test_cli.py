@@ -41,6 +41,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "BINANCE_TESTNET",
         "USE_BINANCE_TESTNET",
         "REDIS_URL",
+        "CORE_KERNEL_REDIS_URL",
         "CORE_GATES_ENV",
     ):
         monkeypatch.delenv(key, raising=False)
@@ -113,7 +114,7 @@ def test_recover_json_and_log(
     log = tmp_path / "rec.log"
     path = env_file(
         tmp_path,
-        f"REDIS_URL={redis_url}\nTRADING_MODE=TESTNET\n"
+        f"CORE_KERNEL_REDIS_URL={redis_url}\nTRADING_MODE=TESTNET\n"
         f"STREAM_RECOVER_LOG={log}\nSTALE_IDLE_MS=20\n"
         "EXECUTION_CONSUMER=lab:quantum-execution\n",
     )
@@ -136,7 +137,7 @@ def test_recover_exit_3_when_redis_unreachable(
 ) -> None:
     path = env_file(
         tmp_path,
-        f"REDIS_URL=redis://127.0.0.1:1/0\nTRADING_MODE=TESTNET\n"
+        f"CORE_KERNEL_REDIS_URL=redis://127.0.0.1:1/0\nTRADING_MODE=TESTNET\n"
         f"STREAM_RECOVER_LOG={tmp_path / 'r.log'}\n",
     )
     code, out, _ = run(["recover", "--config", path], capsys)

@@ -119,6 +119,38 @@ def test_quotes_and_comments_parse_like_systemd() -> None:
     assert load_config(environ=values).min_r_other is None
 
 
+def test_kernel_redis_url_wins_over_the_applications(tmp_path: Path) -> None:
+    # In the application's process: its own REDIS_URL in the environment, the kernel's key from
+    # the drop-in's env file. The kernel uses its own and leaves REDIS_URL to the application.
+    path = write(tmp_path, "CORE_KERNEL_REDIS_URL=redis://127.0.0.1:6379/0\n")
+    config = load_config(path, environ={"REDIS_URL": "redis://10.0.0.9:6380/3"})
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+    assert config.redis_url_key == "CORE_KERNEL_REDIS_URL"
+    # ... even when the application's value is one the kernel would refuse: it is not used.
+    config = load_config(path, environ={"REDIS_URL": "not-a-url"})
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_applications_redis_url_is_the_fallback(tmp_path: Path) -> None:
+    config = load_config(environ={"REDIS_URL": "redis://10.0.0.9:6380/3"})
+    assert config.redis_url == "redis://10.0.0.9:6380/3"
+    assert config.redis_url_key == "REDIS_URL"
+    assert load_config(environ={}).redis_url == "redis://127.0.0.1:6379/0"
+    assert load_config(environ={}).redis_url_key == "CORE_KERNEL_REDIS_URL"
+    # The kernel's key from the environment beats the application's from the file.
+    path = write(tmp_path, "REDIS_URL=redis://h:1/2\n")
+    env = {"CORE_KERNEL_REDIS_URL": "redis://k:2/3"}
+    assert load_config(path, environ=env).redis_url == "redis://k:2/3"
+
+
+@pytest.mark.parametrize("key", ["CORE_KERNEL_REDIS_URL", "REDIS_URL"])
+def test_a_bad_redis_url_is_named_by_the_key_it_came_from(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={key: "redis://127.0.0.1:notaport/0"})
+    (line,) = info.value.errors
+    assert line.startswith(f"{key}=redis://127.0.0.1:notaport/0: not a usable Redis URL"), line
+
+
 def test_not_a_key_value_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "just words\n"), environ={})

@@ -200,7 +200,13 @@ def test_bad_config_refused_by_check_config_and_every_service_start(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key in ("TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET", "REDIS_URL"):
+    for key in (
+        "TRADING_MODE",
+        "BINANCE_TESTNET",
+        "USE_BINANCE_TESTNET",
+        "REDIS_URL",
+        "CORE_KERNEL_REDIS_URL",
+    ):
         monkeypatch.delenv(key, raising=False)
     path = tmp_path / "core_gates.env"
     path.write_text(f"{case.key}={case.value}\n", encoding="utf-8")

@@ -88,13 +88,20 @@ def app_tree(tmp_path: Path, redis_url: str) -> tuple[Path, dict[str, str]]:
     shutil.copy(SHIM, services / "profit_gate_kernel.py")
     env_file = tmp_path / "core_gates.env"
     env_file.write_text(
-        f"REDIS_URL={redis_url}\nTRADING_MODE=TESTNET\nBINANCE_TESTNET=true\n"
+        f"CORE_KERNEL_REDIS_URL={redis_url}\nTRADING_MODE=TESTNET\nBINANCE_TESTNET=true\n"
         "USE_BINANCE_TESTNET=true\n"
     )
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET", "REDIS_URL"}
+        if k
+        not in {
+            "TRADING_MODE",
+            "BINANCE_TESTNET",
+            "USE_BINANCE_TESTNET",
+            "REDIS_URL",
+            "CORE_KERNEL_REDIS_URL",
+        }
     }
     env["CORE_GATES_ENV"] = str(env_file)
     env["PYTHONPATH"] = str(tmp_path / "app")

@@ -344,6 +344,7 @@ def _no_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "BINANCE_TESTNET",
         "USE_BINANCE_TESTNET",
         "REDIS_URL",
+        "CORE_KERNEL_REDIS_URL",
         "CORE_GATES_ENV",
         "SUDO_USER",
     ):

@@ -56,11 +56,14 @@ def test_env_file_mode_owner_and_values(host):
     assert f.content_string.startswith("#"), "ansible_managed header missing"
 
 
-def test_env_file_leaves_the_exchange_keys_to_the_application(host):
+def test_env_file_leaves_the_applications_keys_alone(host):
     # Written even empty, they would override the application's own values (the drop-in's
     # EnvironmentFile= comes after the unit's); the inventory sets none for the kernel.
     keys = env_values(host).keys()
     assert not {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_FUTURES_URL"} & keys
+    # Nor the application's REDIS_URL: the kernel's Redis has a key of its own.
+    assert "REDIS_URL" not in keys
+    assert env_values(host)["CORE_KERNEL_REDIS_URL"] == "redis://127.0.0.1:6379/0"
 
 
 def test_env_file_passes_check_config(host):

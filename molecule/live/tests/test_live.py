@@ -141,7 +141,7 @@ def test_application_environment_is_untouched(host, unit):
     app: dict[str, str] = {}
     for path in APP_ENV_FILES:
         app.update(env_file_values(host, path))
-    assert {"BINANCE_API_KEY", "BINANCE_API_SECRET", "QUANTUM_APP_ONLY"} <= app.keys(), app
+    assert {"BINANCE_API_KEY", "BINANCE_API_SECRET", "REDIS_URL", "QUANTUM_APP_ONLY"} <= app.keys()
     main_pid = int(host.check_output("systemctl show -p MainPID --value %s.service", unit))
     record = json.loads(host.file(f"/run/quantum-lab/{unit}.env.json").content_string)
     assert record["pid"] == main_pid, "the environment record is not the running process's"
@@ -151,8 +151,10 @@ def test_application_environment_is_untouched(host, unit):
     assert env.get("MIN_NOTIONAL_USD") == kernel["MIN_NOTIONAL_USD"], env
     changed = {key: (want, env.get(key)) for key, want in app.items() if env.get(key) != want}
     assert not changed, f"the deploy changed the application's environment: {changed}"
-    # The kernel's file carries no exchange keys of its own (none were set in the inventory).
+    # The kernel's file carries no exchange keys of its own (none were set in the inventory)
+    # and its Redis under its own key.
     assert not {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_FUTURES_URL"} & kernel.keys()
+    assert "REDIS_URL" not in kernel and "CORE_KERNEL_REDIS_URL" in kernel
 
 
 def test_recovery_reports_without_changing_redis(host):

@@ -121,7 +121,7 @@ def derived_errors(config: KernelConfig) -> list[str]:
     try:
         redis.ConnectionPool.from_url(config.redis_url)
     except (ValueError, TypeError) as exc:
-        errors.append(f"REDIS_URL={config.redis_url}: {exc}")
+        errors.append(f"{config.redis_url_key}={config.redis_url}: {exc}")
     return errors
 
 

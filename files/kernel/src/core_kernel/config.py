@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core_kernel.gates import GateParams, parse_allowed_models
@@ -27,6 +34,9 @@ from core_kernel.mode import FALSE_TEXTS, TRUE_TEXTS
 
 DEFAULT_PATH = Path("/etc/quantum/core_gates.env")
 PATH_ENV_VAR = "CORE_GATES_ENV"
+KERNEL_REDIS_URL_KEY = "CORE_KERNEL_REDIS_URL"
+#: The application's Redis URL: used by the kernel only when CORE_KERNEL_REDIS_URL is not set.
+APP_REDIS_URL_KEY = "REDIS_URL"
 
 DEFAULT_ALLOWED_MODELS = (
     "TREND:NHiTS,PatchTST;RANGE:XGBoost,LightGBM;HIGH_VOL:XGBoost;LOW_VOL:PatchTST"
@@ -94,7 +104,9 @@ class KernelConfig(BaseSettings):
     )
     result_stream: str = Field("quantum:stream:trade.result", alias="RESULT_STREAM", min_length=1)
     execution_consumer: str = Field("", alias="EXECUTION_CONSUMER")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    # The kernel's own key: REDIS_URL is the application's, and a drop-in that wrote it would
+    # move the application to the kernel's database. REDIS_URL is read only as a fallback.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", alias="CORE_KERNEL_REDIS_URL")
     stream_recover_log: str = Field(
         "/var/log/quantum/stream_recover.log", alias="STREAM_RECOVER_LOG", min_length=1
     )
@@ -154,6 +166,12 @@ class KernelConfig(BaseSettings):
     # end of exactly-once (issue 10) -----------------------------------------------------------
 
     _EMPTY_IS_NONE: ClassVar[frozenset[str]] = frozenset({"MIN_R_OTHER"})
+    #: Which key ``redis_url`` came from, for messages (load_config sets it).
+    _redis_url_key: str = PrivateAttr(KERNEL_REDIS_URL_KEY)
+
+    @property
+    def redis_url_key(self) -> str:
+        return self._redis_url_key
 
     @classmethod
     def settings_customise_sources(
@@ -335,7 +353,7 @@ def _alias(name: str, field: Any) -> str:
 
 KNOWN_KEYS: frozenset[str] = frozenset(
     _alias(name, field) for name, field in KernelConfig.model_fields.items()
-)
+) | {APP_REDIS_URL_KEY}
 
 
 def _unquote(raw: str) -> str:
@@ -433,6 +451,12 @@ def load_config(
             values.update(file_values)
             errors.extend(file_errors)
     values.update({key: env[key] for key in KNOWN_KEYS if key in env})
+    # The application's REDIS_URL counts only when the kernel's own key is not set anywhere.
+    app_url = values.pop(APP_REDIS_URL_KEY, None)
+    url_key = KERNEL_REDIS_URL_KEY
+    if KERNEL_REDIS_URL_KEY not in values and app_url is not None:
+        values[KERNEL_REDIS_URL_KEY] = app_url
+        url_key = APP_REDIS_URL_KEY
     try:
         config = KernelConfig(**values)  # type: ignore[arg-type]  # text, validated here
     except ValidationError as exc:
@@ -442,12 +466,15 @@ def load_config(
                 continue
             key = str(err["loc"][0])
             bad = values.get(key, err.get("input"))
+            if key == KERNEL_REDIS_URL_KEY:
+                key = url_key
             reason = _reason(err)
             if isinstance(bad, str) and "#" in bad:
                 reason += " (inline comments are not allowed: systemd keeps them in the value)"
             errors.append(f"{key}={bad}: {reason}")
     else:
         if not errors:
+            config._redis_url_key = url_key
             return config
     raise ConfigError(errors)
 

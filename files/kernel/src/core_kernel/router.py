@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Reference strategy router: publishes intents once (publish_intent_once).",
     )
     parser.add_argument("--config", default=None, help="env file (default $CORE_GATES_ENV)")
-    parser.add_argument("--redis-url", default=None, help="override REDIS_URL")
+    parser.add_argument("--redis-url", default=None, help="override CORE_KERNEL_REDIS_URL")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="publish JSON lines from a file or stdin")
@@ -344,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     url = args.redis_url or config.redis_url
+    url_key = "--redis-url" if args.redis_url else config.redis_url_key
     try:
         client = streams.make_client(check_redis_url(url), socket_timeout=30)
     except ValueError as exc:
-        print(f"REDIS_URL={url}: {exc}", file=sys.stderr)
+        print(f"{url_key}={url}: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "publish":
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(summary, sys.stdout)
         return 0 if summary.get("ok", True) is True and summary.get("complete", True) is True else 1
     except redis.RedisError as exc:
-        print(f"REDIS_URL={url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{url_key}={url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
