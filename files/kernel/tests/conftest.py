@@ -105,3 +105,22 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+#: What a kernel process takes from its environment for its mode, its Redis and its env file.
+KERNEL_ENV_KEYS = (
+    "TRADING_MODE",
+    "BINANCE_TESTNET",
+    "USE_BINANCE_TESTNET",
+    "REDIS_URL",
+    "CORE_KERNEL_REDIS_URL",
+    "CORE_GATES_ENV",
+)
+
+
+@pytest.fixture
+def no_kernel_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing from the machine running the tests: no such variables, no default env file."""
+    for key in KERNEL_ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr("core_kernel.config.DEFAULT_PATH", tmp_path / "absent.env")

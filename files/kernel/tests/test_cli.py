@@ -35,17 +35,8 @@ def run(
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in (
-        "TRADING_MODE",
-        "BINANCE_TESTNET",
-        "USE_BINANCE_TESTNET",
-        "REDIS_URL",
-        "CORE_KERNEL_REDIS_URL",
-        "CORE_GATES_ENV",
-    ):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr("core_kernel.config.DEFAULT_PATH", tmp_path / "absent.env")
+def clean_env(no_kernel_env: None) -> None:
+    """Every test here starts without the machine's kernel environment (conftest)."""
 
 
 def env_file(tmp_path: Path, text: str) -> str:

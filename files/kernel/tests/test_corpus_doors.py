@@ -198,16 +198,8 @@ def test_bad_config_refused_by_check_config_and_every_service_start(
     case: ConfigCase,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    no_kernel_env: None,
 ) -> None:
-    for key in (
-        "TRADING_MODE",
-        "BINANCE_TESTNET",
-        "USE_BINANCE_TESTNET",
-        "REDIS_URL",
-        "CORE_KERNEL_REDIS_URL",
-    ):
-        monkeypatch.delenv(key, raising=False)
     path = tmp_path / "core_gates.env"
     path.write_text(f"{case.key}={case.value}\n", encoding="utf-8")
     code = cli.main(["check-config", "--config", str(path)])

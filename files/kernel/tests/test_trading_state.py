@@ -338,18 +338,9 @@ def _cli(
 
 
 @pytest.fixture(autouse=True)
-def _no_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in (
-        "TRADING_MODE",
-        "BINANCE_TESTNET",
-        "USE_BINANCE_TESTNET",
-        "REDIS_URL",
-        "CORE_KERNEL_REDIS_URL",
-        "CORE_GATES_ENV",
-        "SUDO_USER",
-    ):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr("core_kernel.config.DEFAULT_PATH", tmp_path / "absent.env")
+def _no_env_file(no_kernel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SUDO_USER too: the audit record names the operator from it.
+    monkeypatch.delenv("SUDO_USER", raising=False)
 
 
 def test_state_commands_record_who_when_from_and_why(
