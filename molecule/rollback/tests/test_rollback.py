@@ -65,3 +65,27 @@ def test_services_run_without_the_kernel_dropins(host):
         out = host.check_output("systemctl show -p DropInPaths,EnvironmentFiles %s", unit)
         assert "20-core-kernel.conf" not in out
         assert "core_gates.env" not in out
+
+
+# Set by systemd per start, not by any configuration.
+PER_START = {"INVOCATION_ID", "JOURNAL_STREAM", "SYSTEMD_EXEC_PID", "MANAGERPID"}
+
+
+@pytest.mark.parametrize("unit", ["quantum-execution", "quantum-ai-strategy-router"])
+def test_services_run_with_the_pre_deploy_environment(host, unit):
+    """Issue 12 item 1: after deploy + rollback the running service has exactly the
+    environment it had before the deploy: every variable, nothing added, nothing lost."""
+    before = json.loads(host.file(f"/root/pre_deploy_env.{unit}.json").content_string)
+    now = json.loads(host.file(f"/run/quantum-lab/{unit}.env.json").content_string)
+    main_pid = int(host.check_output("systemctl show -p MainPID --value %s.service", unit))
+    assert now["pid"] == main_pid, "the environment record is not the running process's"
+    # A restart happened in between; else the comparison would be of one process with itself.
+    assert now["pid"] != before["pid"]
+    assert before["env"].get("BINANCE_API_KEY") == "lab-app-key", before["env"]
+    old = {k: v for k, v in before["env"].items() if k not in PER_START}
+    new = {k: v for k, v in now["env"].items() if k not in PER_START}
+    assert new == old, {
+        "added": sorted(new.keys() - old.keys()),
+        "lost": sorted(old.keys() - new.keys()),
+        "changed": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+    }
