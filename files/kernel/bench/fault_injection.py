@@ -277,6 +277,9 @@ class Pipeline:
             for n in ("a", "b")
         ]
         self.client = streams.make_client(redis_url, socket_timeout=10)
+        # Bytes, for what may hold a poison entry: its non-UTF-8 bytes would fail a decoding
+        # client's whole reply.
+        self.raw = redis.Redis.from_url(redis_url, socket_timeout=10)
         streams.ensure_group(self.client)
 
     def fault(self, **values: int) -> dict[str, Any]:
@@ -302,6 +305,7 @@ class Pipeline:
                 w.kill9()
         self.exchange.stop()
         self.client.close()
+        self.raw.close()
 
     # results ------------------------------------------------------------------------------
     def results(self) -> list[dict[str, str]]:
@@ -449,7 +453,7 @@ def run_faults(
         stranded_ids = {streams._s(p["message_id"]) for p in stranded}
         pipe.fault(drop_after_accept=3, error_after_accept=3)
         release(1, {"fault_drop_after_accept": 3, "fault_error_after_accept": 3})
-        stranded_tids = _trace_ids_for(pipe.redis_url, stranded_ids)
+        stranded_tids = _trace_ids_for(pipe.raw, stranded_ids)
         if not shared_name:
             pipe.wait_results(stranded_tids, report.takeover_goal_s + 10)
             by_tid = {
@@ -567,20 +571,15 @@ def _settle(
         client.close()
 
 
-def _trace_ids_for(redis_url: str, ids: set[str]) -> set[str]:
-    # A raw client: a stranded entry may be one of the poison entries, whose
-    # non-UTF-8 bytes would fail a decoding client's whole reply.
-    client = redis.Redis.from_url(redis_url)
+def _trace_ids_for(raw: redis.Redis, ids: set[str]) -> set[str]:
+    """Trace ids of stream entries, read as bytes (a stranded entry may be a poison entry)."""
     out: set[str] = set()
-    try:
-        for entry_id in ids:
-            rows = _retrying(client.xrange, streams.STREAM, entry_id, entry_id)
-            for _, fields in rows or []:
-                tid = (fields or {}).get(b"trace_id")
-                if tid:
-                    out.add(tid.decode("utf-8", "replace"))
-    finally:
-        client.close()
+    for entry_id in ids:
+        rows = _retrying(raw.xrange, streams.STREAM, entry_id, entry_id)
+        for _, fields in rows or []:
+            tid = (fields or {}).get(b"trace_id")
+            if tid:
+                out.add(tid.decode("utf-8", "replace"))
     return out
 
 
@@ -592,13 +591,11 @@ def _score(
     report.intents = counts["published"] + counts["duplicates"]
     every = pipe.results()
     report.invalid_results = sum(1 for r in every if r.get("status") == "invalid_entry")
-    raw = redis.Redis.from_url(pipe.redis_url)
     report.poison_dead_lettered = sum(
         1
-        for _, f in raw.xrange(streams.DEAD_LETTER_STREAM) or []
+        for _, f in pipe.raw.xrange(streams.DEAD_LETTER_STREAM) or []
         if f.get(b"dlq_reason") == b"invalid_entry"
     )
-    raw.close()
     report.order_unknown_left = int(pipe.client.hlen(ORDER_UNKNOWN_KEY))
     results = [r for r in every if r.get("trace_id", "").startswith(f"fi-{run}-")]
     report.results = len(results)
