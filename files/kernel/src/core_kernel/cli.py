@@ -32,7 +32,9 @@ from core_kernel.config import (
     KernelConfig,
     check_redis_url,
     load_config,
+    redact_url,
     resolve_path,
+    shown,
 )
 from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
@@ -53,7 +55,6 @@ from core_kernel.trading_state import (
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REDIS_DOWN, EXIT_REDIS_ERROR = 0, 1, 2, 3, 4
 
-_SECRET_KEYS = {"binance_api_key", "binance_api_secret"}
 _EVAL_EXTRA = {"seconds_since_last_trade", "trades_last_10min"}
 #: situation fields of ``evaluate`` that are not state-gate what-ifs (issue 14)
 _EVAL_SITUATION = {"trading_state"}
@@ -71,7 +72,7 @@ def _checked_url(url: str) -> str:
     try:
         return check_redis_url(url)
     except ValueError as exc:
-        raise UsageError(f"--redis-url={url}: {exc}") from None
+        raise UsageError(f"--redis-url={redact_url(url)}: {exc}") from None
 
 
 def _client(url: str, *, timeout: float = 10.0) -> redis.Redis:
@@ -92,10 +93,8 @@ def _load(args: argparse.Namespace) -> KernelConfig:
 def _config_dump(config: KernelConfig) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, fld in KernelConfig.model_fields.items():
-        value = getattr(config, name)
-        if name in _SECRET_KEYS and value:
-            value = "***"
-        data[str(fld.alias or name)] = value
+        key = str(fld.alias or name)
+        data[key] = shown(key, getattr(config, name))
     return data
 
 
@@ -121,7 +120,7 @@ def derived_errors(config: KernelConfig) -> list[str]:
     try:
         redis.ConnectionPool.from_url(config.redis_url)
     except (ValueError, TypeError) as exc:
-        errors.append(f"{config.redis_url_key}={config.redis_url}: {exc}")
+        errors.append(f"{config.redis_url_key}={redact_url(config.redis_url)}: {exc}")
     return errors
 
 

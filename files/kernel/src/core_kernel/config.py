@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from pydantic import (
     Field,
@@ -347,6 +347,43 @@ def check_redis_url(value: str) -> str:
     return value
 
 
+#: keys whose value is a secret as a whole: never echoed, in an error or a dump
+SECRET_KEYS: frozenset[str] = frozenset({"BINANCE_API_KEY", "BINANCE_API_SECRET"})
+#: keys whose value is a URL that may carry a password
+URL_KEYS: frozenset[str] = frozenset({KERNEL_REDIS_URL_KEY, APP_REDIS_URL_KEY})
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (userinfo or ``?password=``) replaced by ``***``."""
+    try:
+        parsed = urlparse(url)
+        password = parsed.password
+        query = parse_qsl(parsed.query, keep_blank_values=True)
+    except ValueError:
+        return "<unparsable URL>" if "@" in url or "password" in url.lower() else url
+    if password is not None:
+        user = parsed.username or ""
+        host = parsed.netloc.rpartition("@")[2]
+        parsed = parsed._replace(netloc=f"{user}:***@{host}")
+    if any(k.lower() == "password" for k, _ in query):
+        masked = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+        parsed = parsed._replace(query=urlencode(masked, safe="*"))
+    text = parsed.geturl()
+    # urlunparse drops the empty authority of unix:///path; put it back for a faithful display
+    if url.startswith("unix://") and not text.startswith("unix://"):
+        text = "unix://" + text.removeprefix("unix:")
+    return text
+
+
+def shown(key: str, value: object) -> object:
+    """A config value as it may appear in an error, a log line or a dump."""
+    if key in SECRET_KEYS:
+        return "***" if value else value
+    if key in URL_KEYS and isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
 def _alias(name: str, field: Any) -> str:
     return str(field.alias or name)
 
@@ -468,6 +505,7 @@ def load_config(
             bad = values.get(key, err.get("input"))
             if key == KERNEL_REDIS_URL_KEY:
                 key = url_key
+            bad = shown(key, bad)
             reason = _reason(err)
             if isinstance(bad, str) and "#" in bad:
                 reason += " (inline comments are not allowed: systemd keeps them in the value)"
