@@ -453,13 +453,16 @@ def _daily_tripped(client: redis.Redis, fake, clock: Clock, **over: Any) -> Prot
     return p
 
 
-def test_the_daily_limit_rearms_at_the_utc_day_boundary(redis_client: redis.Redis, fake) -> None:
+def test_the_daily_limit_rearms_at_the_utc_day_boundary(
+    redis_client: redis.Redis, fake, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = Clock(tonight(60))
     p = _daily_tripped(redis_client, fake, clock)
     clock.t += 59  # 23:59:59
     assert p.poll()["state"] == "REDUCING"
     clock.t += 2  # 00:00:01 the next day
-    data = p.poll()
+    with caplog.at_level(logging.WARNING):
+        data = p.poll()
     assert data["rearmed"] and data["state"] == "ACTIVE" and data["active_trips"] == []
     audit = last_audit(redis_client)
     assert (audit["from"], audit["to"], audit["user"]) == (
@@ -469,6 +472,9 @@ def test_the_daily_limit_rearms_at_the_utc_day_boundary(redis_client: redis.Redi
     )
     assert "re-armed at the UTC day boundary" in audit["reason"]
     assert data["day_loss"] == 0
+    assert "TRADING_STATE_CHANGED from=REDUCING to=ACTIVE user=protection:DAILY_LOSS_LIMIT" in (
+        caplog.text
+    )
 
 
 def test_a_new_day_over_the_limit_again_still_rearms_the_day_after(
@@ -606,7 +612,7 @@ def test_hwm_and_trips_survive_a_redis_and_a_poller_restart(
             account(fake, "10000")
             assert p.poll()["new_trips"] == ["MAX_DRAWDOWN"]
         elif case == "FAILING":
-            # the first failure's time survived: the bound is not restarted by a restart
+            # the last good read's time survived: a restart does not restart the bound
             assert data["new_trips"] == ["EQUITY_STALE"]
         else:
             assert data["state"] == case and data["new_trips"] == []

@@ -209,6 +209,17 @@ class Protector:
                 "; ".join(f"{c}: {by_code[c].reason}" for c in new if c in by_code)[:500],
             )
         if reply.get("rearm_audit_id"):
+            log_change(
+                Change(
+                    TradingState(reply["from"]),
+                    TradingState.ACTIVE,
+                    int(reply["at_ms"]),
+                    reply["rearm_audit_id"],
+                ),
+                ("protection:DAILY_LOSS_LIMIT", self.host),
+                "protection",
+                f"DAILY_LOSS_LIMIT re-armed at the UTC day boundary ({outcome.figures.get('day')})",
+            )
             log.warning(
                 kv(
                     "PROTECTION_REARM",
