@@ -697,6 +697,10 @@ def test_cli_protect_once_json_and_exit_codes(
     assert "TRADING_STATE_CHANGED from=ACTIVE to=REDUCING user=protection:MAX_DRAWDOWN" in (
         proc.stderr
     )
+    # core-kernel state names the trip
+    shown = json.loads(_cli(env, "state", "--json").stdout)
+    assert shown["state"] == "REDUCING" and list(shown["protection_trips"]) == ["MAX_DRAWDOWN"]
+    assert "protection trip MAX_DRAWDOWN: drawdown 20.00%" in _cli(env, "state").stdout
     # the plain line
     proc = _cli(env, "protect", "--once")
     assert proc.returncode == 1 and proc.stdout.startswith("REDUCING equity=8000")

@@ -416,9 +416,12 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         view = read_state(client)
         history = audit_log(client, count=args.history) if args.history else []
+        trips = protect.active_trips(client)
     finally:
         client.close()
     data = view.to_dict()
+    if trips:
+        data["protection_trips"] = trips
     if args.json:
         if args.history:
             data["history"] = history
@@ -436,6 +439,9 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if view.error:
         line += f" ({view.error}: read as HALTED)"
     out.write(line + "\n")
+    for code, trip in trips.items():
+        detail = trip.get("reason", "") if isinstance(trip, dict) else trip
+        out.write(f"  protection trip {code}: {detail}\n")
     for entry in history:
         out.write(
             f"  {entry['id']} {entry.get('from')} -> {entry.get('to')} "

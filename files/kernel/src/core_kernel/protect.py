@@ -266,6 +266,19 @@ class Protector:
         }
 
 
+def active_trips(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+    """The recorded trips, code -> record (for ``core-kernel state``); unreadable ones as text."""
+    out: dict[str, Any] = {}
+    for name, value in client.hgetall(protection_key(prefix)).items():
+        key = _text(name)
+        if key.startswith("trip:"):
+            try:
+                out[key[5:]] = json.loads(_text(value))
+            except ValueError:
+                out[key[5:]] = _text(value)
+    return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class Resumed:
     change: Change
