@@ -3,7 +3,9 @@ and the reason, never a traceback. Exit codes (every subcommand):
 
 * 0 ok;
 * 1 the check failed: gate-proof with a failing case, recover that could not do its job,
-  evaluate with a line that is not a JSON object;
+  evaluate with a line that is not a JSON object, ``protect --once`` with a protection
+  tripped (or tripping audit-only) or the equity unreadable, ``resume`` refused while the
+  daily loss limit stands;
 * 2 bad config (check-config's lines), a bad option value or a bad ``--redis-url``;
 * 3 Redis unreachable (evaluate: only when refused at start; a stall is HOLD per line);
 * 4 another Redis error (e.g. a key of the wrong type);
@@ -16,7 +18,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -26,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core_kernel import __version__, gates, proof
+from core_kernel import __version__, gates, proof, protect
 from core_kernel.config import (
     ConfigError,
     KernelConfig,
@@ -36,12 +40,14 @@ from core_kernel.config import (
     resolve_path,
     shown,
 )
+from core_kernel.exchange import from_config
 from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
 from core_kernel.intent import IntentError, loads_json, parse_intent
 from core_kernel.log import setup_logging
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
+from core_kernel.protections import Limits
 from core_kernel.recovery import FileEventLog, recover
 from core_kernel.store import KernelStore, admit_script
 from core_kernel.trading_state import (
@@ -409,9 +415,12 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         view = read_state(client)
         history = audit_log(client, count=args.history) if args.history else []
+        trips = protect.active_trips(client)
     finally:
         client.close()
     data = view.to_dict()
+    if trips:
+        data["protection_trips"] = trips
     if args.json:
         if args.history:
             data["history"] = history
@@ -429,6 +438,9 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if view.error:
         line += f" ({view.error}: read as HALTED)"
     out.write(line + "\n")
+    for code, trip in trips.items():
+        detail = trip.get("reason", "") if isinstance(trip, dict) else trip
+        out.write(f"  protection trip {code}: {detail}\n")
     for entry in history:
         out.write(
             f"  {entry['id']} {entry.get('from')} -> {entry.get('to')} "
@@ -448,7 +460,14 @@ def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     setup_logging()  # the TRADING_STATE_CHANGED line goes to stderr (journald under Ansible)
     client = _state_client(args)
     try:
-        change = set_state(client, target, reason, source=args.source)
+        if target is TradingState.ACTIVE:
+            # resume also re-arms the protections (new high-water mark, trips cleared).
+            change = protect.resume(client, reason, force=args.force, source=args.source).change
+        else:
+            change = set_state(client, target, reason, source=args.source)
+    except protect.ResumeRefused as exc:
+        err.write(f"resume: {exc}\n")
+        return EXIT_FAIL
     finally:
         client.close()
     data = {
@@ -466,6 +485,50 @@ def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(f"{change.after.value} already; nothing changed\n")
     return EXIT_OK
+
+
+def cmd_protect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args)
+    report = detect_mode(config.mode_env())
+    if args.interval >= config.protection_stale_seconds:
+        raise UsageError(
+            f"--interval={args.interval:g}: must be below PROTECTION_STALE_SECONDS="
+            f"{config.protection_stale_seconds}"
+        )
+    setup_logging()
+    try:
+        exchange = from_config(
+            config,
+            testnet=report.mode is not TradingMode.LIVE,
+            timeout_s=5.0,
+            max_attempts=1,
+            time_sync_s=config.exchange_time_sync_s,
+        )
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    client = _state_client(args)
+    protector = protect.Protector(
+        client,
+        exchange,
+        Limits.from_config(config),
+        enforce=report.mode is not TradingMode.LIVE or config.protection_live_enabled,
+        mode=report.mode.value,
+    )
+    stop = threading.Event()
+    if not args.once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        return protect.run(
+            protector,
+            once=args.once,
+            interval_s=args.interval,
+            as_json=args.json,
+            out=out,
+            stop=stop,
+        )
+    finally:
+        client.close()
 
 
 def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -563,7 +626,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--source", default="cli", choices=["cli", "playbook"], help=argparse.SUPPRESS
         )
-        p.set_defaults(func=cmd_set_state)
+        if name == "resume":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="also while the daily loss limit stands (it stays off until 00:00 UTC)",
+            )
+        p.set_defaults(func=cmd_set_state, force=False)
+
+    p = sub.add_parser(
+        "protect", parents=[common], help="poll equity and PnL; trip the protections (issue 14)"
+    )
+    p.add_argument("--once", action="store_true", help="one poll, then exit (a timer's run)")
+    p.add_argument(
+        "--interval", type=_seconds, default=30.0, metavar="S", help="between polls (30 s)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON line per poll")
+    p.add_argument("--redis-url", metavar="URL")
+    p.set_defaults(func=cmd_protect)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, config=None)

@@ -133,12 +133,28 @@ class KernelConfig(BaseSettings):
     # 20 is outside what an automated strategy here is meant to use (Binance allows up to 125).
     max_notional_usd: Decimal | None = Field(Decimal("50000"), alias="MAX_NOTIONAL_USD", gt=0)
     max_leverage: Decimal | None = Field(Decimal("20"), alias="MAX_LEVERAGE", ge=1, le=125)
+    # Automatic protections (issue 14, ``core-kernel protect``; README "Protections"). A USD
+    # loss limit only means something against the account's size: off until the operator sets
+    # one. A drawdown of 10 % from the peak fits any size and cannot trip on the lab's fake
+    # exchange, whose equity stays where a test puts it.
+    daily_loss_limit_usd: Decimal | None = Field(None, alias="DAILY_LOSS_LIMIT_USD", gt=0)
+    max_drawdown_pct: Decimal | None = Field(Decimal("10"), alias="MAX_DRAWDOWN_PCT", gt=0, lt=100)
+    protection_trip_state: str = Field("REDUCING", alias="PROTECTION_TRIP_STATE")
+    protection_stale_seconds: int = Field(300, alias="PROTECTION_STALE_SECONDS", ge=10, le=86400)
+    protection_live: str = Field("", alias="PROTECTION_LIVE")
 
     @field_validator("binance_position_mode")
     @classmethod
     def _check_position_mode(cls, value: str) -> str:
         if value not in {"auto", "oneway", "hedge"}:
             raise ValueError("must be auto, oneway or hedge")
+        return value
+
+    @field_validator("protection_trip_state")
+    @classmethod
+    def _check_trip_state(cls, value: str) -> str:
+        if value not in {"REDUCING", "HALTED"}:
+            raise ValueError("must be REDUCING or HALTED")
         return value
 
     @field_validator("redis_durability")
@@ -186,7 +202,14 @@ class KernelConfig(BaseSettings):
         # unknown keys and per-key errors can be reported; the model only validates.
         return (init_settings,)
 
-    @field_validator("min_r_other", "max_notional_usd", "max_leverage", mode="before")
+    @field_validator(
+        "min_r_other",
+        "max_notional_usd",
+        "max_leverage",
+        "daily_loss_limit_usd",
+        "max_drawdown_pct",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "":
@@ -205,6 +228,8 @@ class KernelConfig(BaseSettings):
         "noise_bps",
         "max_notional_usd",
         "max_leverage",
+        "daily_loss_limit_usd",
+        "max_drawdown_pct",
         mode="before",
     )
     @classmethod
@@ -227,6 +252,7 @@ class KernelConfig(BaseSettings):
         "max_intent_age_ms",
         "max_deliveries",
         "recovery_batch",
+        "protection_stale_seconds",
         mode="before",
     )
     @classmethod
@@ -262,7 +288,7 @@ class KernelConfig(BaseSettings):
             raise ValueError("must be TESTNET or LIVE")
         return value
 
-    @field_validator("binance_testnet", "use_binance_testnet")
+    @field_validator("binance_testnet", "use_binance_testnet", "protection_live")
     @classmethod
     def _check_bool(cls, value: str) -> str:
         return _check_bool_text(value)
@@ -296,6 +322,11 @@ class KernelConfig(BaseSettings):
     def consumer_name(self) -> str:
         """Stable consumer name: recovery claims into it and the worker reads as it."""
         return self.execution_consumer or f"{socket.gethostname()}:quantum-execution"
+
+    @property
+    def protection_live_enabled(self) -> bool:
+        """PROTECTION_LIVE: the automatic protections change the state in LIVE too."""
+        return self.protection_live.strip().lower() in TRUE_TEXTS
 
     def mode_env(self) -> dict[str, str]:
         return {

@@ -25,6 +25,16 @@ the next N requests of their kind; the others hold while set:
 * ``clock_offset_ms`` (may be negative): the server clock is the host clock plus this.
 * ``order_rate_limit``: like ``rate_limit``, for New Order requests only.
 * ``dual_side``: 1 = hedge mode (also ``POST /fapi/v1/positionSide/dual``).
+* ``account_5xx`` / ``account_drop`` / ``account_garbage`` (issue 14, counted): the account
+  reads (``GET /fapi/v2/account``, ``/fapi/v1/income``) answer 503, drop the connection, or
+  answer 200 with balances that are not numbers.
+
+The account (issue 14): ``GET /fapi/v2/account`` serves the balances set by ``POST /_account``
+(``{"wallet": "10000", "unrealized": "0"}``, numbers as strings as Binance sends them; the
+default is a 10000 USDT wallet and no position) and ``GET /fapi/v1/income`` the income entries
+added by ``POST /_income`` (one entry or a list: ``incomeType``, ``income``, optional ``time``
+ms - default now - and ``symbol``), filtered by ``incomeType``/``startTime``/``endTime``
+(inclusive), oldest first, at most ``limit`` (default 100, max 1000) from ``startTime`` on.
 
 Every signed request is checked against the server clock as Binance does: rejected with -1021
 when its ``timestamp`` is more than 1000 ms ahead, or when ``timestamp + recvWindow`` has passed
@@ -84,6 +94,9 @@ FAULT_KEYS = (
     "clock_offset_ms",
     "dual_side",
     "order_rate_limit",
+    "account_5xx",
+    "account_drop",
+    "account_garbage",
 )
 # The only switch that may be negative: a server clock behind the host's.
 SIGNED_KEYS = frozenset({"clock_offset_ms"})
@@ -92,6 +105,8 @@ DEFAULT_RECV_WINDOW_MS = 5000
 MAX_RECV_WINDOW_MS = 60000
 # Binance accepts a timestamp at most this far ahead of its clock.
 MAX_AHEAD_MS = 1000
+#: The account the fake serves until a test sets another (USDT).
+DEFAULT_WALLET = Decimal("10000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +183,9 @@ class Faults:
     clock_offset_ms: int = 0
     dual_side: int = 0
     order_rate_limit: int = 0
+    account_5xx: int = 0
+    account_drop: int = 0
+    account_garbage: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in FAULT_KEYS}
@@ -189,6 +207,9 @@ class FakeState:
     stats: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_id: int = 1_000_000
+    wallet: Decimal = DEFAULT_WALLET
+    unrealized: Decimal = Decimal(0)
+    income: list[dict[str, Any]] = field(default_factory=list)
 
     def now_ms(self) -> int:
         """The server clock: the host clock plus ``clock_offset_ms``."""
@@ -424,9 +445,77 @@ class _Handler(BaseHTTPRequestHandler):
                 state.algo_orders.clear()
                 state.stats.clear()
                 state.faults = Faults()
+                state.wallet, state.unrealized = DEFAULT_WALLET, Decimal(0)
+                state.income.clear()
                 self._send(200, {"reset": True})
             return
+        if path in ("/_account", "/_income") and method == "POST":
+            self._control_account(path, body)
+            return
         raise ApiError(404, -1, f"{method} {path}: no such control endpoint")
+
+    def _control_account(self, path: str, body: str) -> None:
+        state = self.state
+        try:
+            values = json.loads(body or "{}")
+        except ValueError:
+            raise ApiError(400, -1, "body: not JSON") from None
+        if path == "/_account":
+            if not isinstance(values, dict) or set(values) - {"wallet", "unrealized"}:
+                raise ApiError(400, -1, "body: a JSON object with wallet and/or unrealized")
+            parsed = {k: _control_dec(k, v) for k, v in values.items()}
+            with state.lock:
+                state.wallet = parsed.get("wallet", state.wallet)
+                state.unrealized = parsed.get("unrealized", state.unrealized)
+                self._send(200, _account(state))
+            return
+        entries = values if isinstance(values, list) else [values]
+        added = []
+        with state.lock:
+            for entry in entries:
+                if not isinstance(entry, dict) or not isinstance(entry.get("incomeType"), str):
+                    raise ApiError(400, -1, "entry: a JSON object with incomeType and income")
+                raw_time = entry.get("time", state.now_ms())
+                if not isinstance(raw_time, int) or isinstance(raw_time, bool):
+                    raise ApiError(400, -1, "time: must be an integer (ms)")
+                state.next_id += 1
+                added.append(
+                    {
+                        "symbol": str(entry.get("symbol", "")),
+                        "incomeType": entry["incomeType"],
+                        "income": str(_control_dec("income", entry.get("income"))),
+                        "asset": "USDT",
+                        "info": entry["incomeType"],
+                        "time": raw_time,
+                        "tranId": state.next_id,
+                        "tradeId": "",
+                    }
+                )
+            state.income.extend(added)
+            state.income.sort(key=lambda e: int(e["time"]))
+            self._send(200, added)
+
+    def _account_read(self, method: str, path: str, query: str, body: str, delay: int) -> None:
+        state = self.state
+        params = self._signed_params(query, body)
+        with state.lock:
+            state.count("account_reads")
+            if state.take("account_5xx"):
+                raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+            drop = state.take("account_drop")
+            garbage = state.take("account_garbage")
+            if path == "/fapi/v2/account":
+                answer: Any = _account(state)
+                if garbage:
+                    answer.update(totalMarginBalance="NaN", totalWalletBalance="1,000.00")
+            else:
+                answer = _income(state.income, params)
+                if garbage:
+                    answer = [{"incomeType": "REALIZED_PNL", "income": "lots", "time": "x"}]
+        if drop:
+            self._drop()
+            return
+        self._after_delay(delay, 200, answer)
 
     # API -----------------------------------------------------------------------------------
     def _signed_params(self, query: str, body: str) -> dict[str, str]:
@@ -480,6 +569,9 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     answer = {"dualSidePosition": bool(state.faults.dual_side)}
             self._after_delay(delay_ms, 200, answer)
+            return
+        if method == "GET" and path in ("/fapi/v2/account", "/fapi/v1/income"):
+            self._account_read(method, path, query, body, delay_ms)
             return
         if path in ("/fapi/v1/order", "/fapi/v1/algoOrder"):
             algo = path.endswith("algoOrder")
@@ -752,6 +844,81 @@ def _accept_if_in_window(
 def _late_accept(state: FakeState, order: dict[str, Any], algo: bool, window: _Window) -> None:
     with state.lock:
         _accept_if_in_window(state, order, algo, window)
+
+
+def _control_dec(name: str, value: Any) -> Decimal:
+    try:
+        out = Decimal(str(value))
+    except InvalidOperation:
+        raise ApiError(400, -1, f"{name}: not a number") from None
+    if not out.is_finite():
+        raise ApiError(400, -1, f"{name}: not a finite number")
+    return out
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.8f}"
+
+
+def _account(state: FakeState) -> dict[str, Any]:
+    """Account Information V2, single-asset mode, USDT only (caller holds the lock)."""
+    wallet, upnl = state.wallet, state.unrealized
+    margin = wallet + upnl
+    zero = _money(Decimal(0))
+    return {
+        "feeTier": 0,
+        "canTrade": True,
+        "canDeposit": True,
+        "canWithdraw": True,
+        "updateTime": 0,
+        "multiAssetsMargin": False,
+        "totalInitialMargin": zero,
+        "totalMaintMargin": zero,
+        "totalWalletBalance": _money(wallet),
+        "totalUnrealizedProfit": _money(upnl),
+        "totalMarginBalance": _money(margin),
+        "totalPositionInitialMargin": zero,
+        "totalOpenOrderInitialMargin": zero,
+        "totalCrossWalletBalance": _money(wallet),
+        "totalCrossUnPnl": _money(upnl),
+        "availableBalance": _money(margin),
+        "maxWithdrawAmount": _money(margin),
+        "assets": [
+            {
+                "asset": "USDT",
+                "walletBalance": _money(wallet),
+                "unrealizedProfit": _money(upnl),
+                "marginBalance": _money(margin),
+                "maintMargin": zero,
+                "initialMargin": zero,
+                "crossWalletBalance": _money(wallet),
+                "crossUnPnl": _money(upnl),
+                "availableBalance": _money(margin),
+                "maxWithdrawAmount": _money(margin),
+                "updateTime": 0,
+            }
+        ],
+        "positions": [],
+    }
+
+
+def _income(entries: list[dict[str, Any]], params: dict[str, str]) -> list[dict[str, Any]]:
+    """Get Income History: inclusive time bounds, oldest first, ``limit`` from ``startTime``."""
+    try:
+        start = int(params.get("startTime", "0"))
+        end = int(params.get("endTime", str(2**62)))
+        limit = int(params.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+    kind = params.get("incomeType")
+    found = [
+        dict(e)
+        for e in entries
+        if start <= int(e["time"]) <= end and (kind is None or e["incomeType"] == kind)
+    ]
+    return found[:limit]
 
 
 def id_key_out(algo: bool) -> str:
