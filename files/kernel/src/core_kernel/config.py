@@ -133,6 +133,19 @@ class KernelConfig(BaseSettings):
     # 20 is outside what an automated strategy here is meant to use (Binance allows up to 125).
     max_notional_usd: Decimal | None = Field(Decimal("50000"), alias="MAX_NOTIONAL_USD", gt=0)
     max_leverage: Decimal | None = Field(Decimal("20"), alias="MAX_LEVERAGE", ge=1, le=125)
+    # Limits on exchange data (mark price, positions): off by default, because every door
+    # without an exchange (the profit_gate API existing services call, evaluate, gate-proof's
+    # host) would then HOLD every entry for want of data. Turn them on where the reference
+    # worker sends the orders (it fetches the data). At most 1e9 USD: admit.lua sums them in
+    # micro-USD integers, exact in Lua's doubles (gates.to_micro).
+    price_collar_pct: Decimal | None = Field(None, alias="PRICE_COLLAR_PCT", gt=0, le=100)
+    max_position_usd: Decimal | None = Field(None, alias="MAX_POSITION_USD", gt=0, le=10**9)
+    max_gross_exposure_usd: Decimal | None = Field(
+        None, alias="MAX_GROSS_EXPOSURE_USD", gt=0, le=10**9
+    )
+    # Market data older than this is not used (the limit holds instead). Binance updates the
+    # mark price every second; 3 s allows one missed update plus a round trip.
+    market_data_max_age_ms: int = Field(3000, alias="MARKET_DATA_MAX_AGE_MS", ge=100, le=60000)
 
     @field_validator("binance_position_mode")
     @classmethod
@@ -186,7 +199,15 @@ class KernelConfig(BaseSettings):
         # unknown keys and per-key errors can be reported; the model only validates.
         return (init_settings,)
 
-    @field_validator("min_r_other", "max_notional_usd", "max_leverage", mode="before")
+    @field_validator(
+        "min_r_other",
+        "max_notional_usd",
+        "max_leverage",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "":
@@ -205,6 +226,9 @@ class KernelConfig(BaseSettings):
         "noise_bps",
         "max_notional_usd",
         "max_leverage",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
         mode="before",
     )
     @classmethod
@@ -227,6 +251,7 @@ class KernelConfig(BaseSettings):
         "max_intent_age_ms",
         "max_deliveries",
         "recovery_batch",
+        "market_data_max_age_ms",
         mode="before",
     )
     @classmethod
@@ -319,6 +344,9 @@ class KernelConfig(BaseSettings):
             max_intent_age_ms=self.max_intent_age_ms,
             max_notional_usd=self.max_notional_usd,
             max_leverage=self.max_leverage,
+            price_collar_pct=self.price_collar_pct,
+            max_position_usd=self.max_position_usd,
+            max_gross_exposure_usd=self.max_gross_exposure_usd,
         )
 
 
