@@ -157,13 +157,19 @@ class KernelStore:
         partial = gates.judge(intent, self.params, self.mode, market)
         return self._run(partial, intent, entry_ms, dry=False)
 
-    def admit_mapping(self, data: Mapping[Any, Any], *, entry_id: str | None = None) -> Decision:
+    def admit_mapping(
+        self,
+        data: Mapping[Any, Any],
+        *,
+        entry_id: str | None = None,
+        market: Market | None = None,
+    ) -> Decision:
         """The door for JSON values / keyword arguments: the one parse, then ``admit``."""
         try:
             intent = parse_intent(data, require_trace_id=True)
         except IntentError as exc:
             return self.log_decision(gates.rejected(exc, self.mode))
-        return self.admit(intent, entry_id=entry_id)
+        return self.admit(intent, entry_id=entry_id, market=market)
 
     def admit_entry(
         self,
