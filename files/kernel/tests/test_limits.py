@@ -420,3 +420,23 @@ def test_evaluate_takes_the_market_as_situation_fields(
     assert rows[5]["error"].startswith("mark_price: must be a JSON number")
     assert rows[6]["error"].startswith("gross_exposure_usd: must be a number >= 0")
     assert rows[7]["error"].startswith("mark_price: must be a number > 0")
+
+
+def test_a_replay_keeps_its_first_reasons_whatever_the_market_says_now(
+    redis_client: redis.Redis,
+) -> None:
+    s = store(redis_client, **ON)
+    off_mark = Market(Decimal(3000), Decimal(0), Decimal(0))
+    first = s.admit(valid(trace_id="p1"), market=off_mark)
+    assert first.reasons == (Reason.PRICE_COLLAR,)
+    again = s.admit(valid(trace_id="p1"), market=FLAT)  # the mark is fine now
+    assert again.replayed and again.verdict is GateVerdict.HOLD
+    assert again.reasons == (Reason.PRICE_COLLAR,)
+    passed = s.admit(valid(trace_id="p2"), market=FLAT)
+    assert passed.verdict is GateVerdict.PASS
+    replay = s.admit(valid(trace_id="p2"))  # no data now: still the stored PASS, no reasons
+    assert replay.replayed and replay.verdict is GateVerdict.PASS and replay.reasons == ()
+    big = Market(Decimal(3500), Decimal(990), Decimal(0))
+    held = s.admit(valid(trace_id="p3"), market=big)
+    assert s.admit(valid(trace_id="p3"), market=FLAT).reasons == (Reason.MAX_POSITION,)
+    assert held.reasons == (Reason.MAX_POSITION,)

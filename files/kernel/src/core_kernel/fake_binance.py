@@ -735,6 +735,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     with state.lock:
         spec = state.symbols.get(symbol)
         hedge = bool(state.faults.dual_side)
+        mark = state.marks.get(symbol, Decimal(0))
     if spec is None:
         raise ApiError(400, -1121, "Invalid symbol.")
     if side not in {"BUY", "SELL"}:
@@ -760,7 +761,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     for value in (price, trigger):
         if value is not None and not _multiple(value, Decimal(spec.tick_size)):
             raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
-    ref = price or trigger or (Decimal(spec.mark_price) if Decimal(spec.mark_price) > 0 else None)
+    ref = price or trigger or (mark if mark > 0 else None)
     if not reduce_only and ref is not None and qty * ref < Decimal(spec.min_notional):
         raise ApiError(
             400,

@@ -50,10 +50,12 @@ log = logging.getLogger("core_kernel.gates")
 
 _PASS, _HOLD = GateVerdict.PASS, GateVerdict.HOLD
 _STORED = re.compile(
-    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?X?[TU]?)\|([0-9]{0,15})\|"
+    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?K?X?[TU]?)\|([0-9]{0,15})\|"
     r"([\.A-Z\:/a-z0-9_-]{1,36})"
 )
 _STATE_HOLDS = frozenset({Reason.TRADING_HALTED, Reason.REDUCING_ONLY})
+#: Judged on the exchange's data now; a replay takes them from its stored bits (K, X) instead.
+_MARKET_HOLDS = frozenset({Reason.PRICE_COLLAR, Reason.MAX_POSITION})
 _NO_TRACE = IntentError({"trace_id": "missing (admit needs it to deduplicate orders)"})
 
 
@@ -204,7 +206,7 @@ class KernelStore:
         keys = [dedup_key, self.last_trade_key(intent.symbol), self.trades_key, self.state_key]
         args = [flags, "" if entry_ms is None else entry_ms, f"{intent.symbol}:{trace_id}", cid]
         keys.append(self.inflight_key)
-        args.append(self._exposure_arg(partial))
+        args.append(self._limits_arg(partial))
         try:
             reply = _text(self._admit(keys=keys, args=args))
         except (redis.RedisError, UnicodeDecodeError) as exc:
@@ -237,6 +239,10 @@ class KernelStore:
             partial.failed.add(Reason.TRADING_HALTED)
         if "U" in bits:
             partial.failed.add(Reason.REDUCING_ONLY)
+        if replayed:
+            partial.failed -= _MARKET_HOLDS
+        if "K" in bits:
+            partial.failed.add(Reason.PRICE_COLLAR)
         if replayed and partial.failed & _STATE_HOLDS:
             verdict = "H"
         state = StateOutcome(
@@ -258,17 +264,24 @@ class KernelStore:
             decision.context["client_order_id"] = stored_cid
         return self.log_decision(decision)
 
-    def _exposure_arg(self, partial: gates.Partial) -> str:
-        """admit.lua's MAX_POSITION input, '' when the limit is off or its data missing."""
-        if partial.exposure is None:
-            return ""
-        pos, gross, add = partial.exposure
+    def _limits_arg(self, partial: gates.Partial) -> str:
+        """admit.lua's input for the limits on exchange data ('' when all are off)."""
         p = self.params
+        if (p.price_collar_pct, p.max_position_usd, p.max_gross_exposure_usd) == (None, None, None):
+            return ""
+        failed = partial.failed
+        held = ("K" if Reason.PRICE_COLLAR in failed else "") + (
+            "X" if Reason.MAX_POSITION in failed else ""
+        )
+        if partial.exposure is None:
+            return held + ";"
+        pos, gross, add = partial.exposure
         limits = [
             -1 if limit is None else gates.to_micro(limit, up=False)
             for limit in (p.max_position_usd, p.max_gross_exposure_usd)
         ]
-        return f"{pos}|{gross}|{add}|{limits[0]}|{limits[1]}|{self._inflight_ttl_ms}"
+        spec = f"{pos}|{gross}|{add}|{limits[0]}|{limits[1]}|{self._inflight_ttl_ms}"
+        return f"{held};{spec}"
 
     def _trading_state(self, partial: gates.Partial, found: str, *, hold: bool) -> None:
         """Record the state the script found; ``hold``: apply its rule to this intent."""

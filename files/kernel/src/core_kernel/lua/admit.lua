@@ -18,7 +18,7 @@ local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
 -- ARGV[1] flags = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry_run
 -- ARGV[2] entry time in ms ('' = unknown)  ARGV[3] trade member  ARGV[4] client order id
 -- Replies (strings), each prefixed 'STATE;' (ACTIVE, REDUCING, HALTED or '?' .. what was found):
---   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E X T U)
+--   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E K X T U)
 --     followed, when ARGV[5] was given, by '~sym|gross' (the in-flight sums; not stored)
 --   '=' .. stored value                  a decision stored earlier (a replay; Python checks it)
 --   '#' .. reason                        a dedup key the kernel did not write (foreign)
@@ -96,42 +96,51 @@ if ARGV[2] ~= '' then
     pass = false
   end
 end
--- MAX_POSITION counting orders in flight (issue 14) ------------------------------------------
--- ARGV[5] = 'pos|gross|add|max_pos|max_gross|ttl_ms' in integers of 1e-6 USD (max -1 = off):
--- the exchange's position notional on the symbol, its gross exposure, this order's notional.
--- KEYS[5] hash: field 'SYMBOL:trace_id' -> 'micro_usd|expires_ms' for every entry PASSed here,
--- until the worker releases it (inflight.py) or it expires (dropped by the next admit).
--- Bit X when pos + in flight on the symbol + add > max_pos, or gross + all in flight + add >
--- max_gross. A record that is not ours is state the kernel cannot read (nothing written).
+-- Limits on exchange data (issue 14) --------------------------------------------------------
+-- ARGV[5] = '' (all off) or held .. ';' .. spec. held: what Python found (K = PRICE_COLLAR,
+-- X = MAX_POSITION), stored in the bits so a replay knows its reasons. spec: '' or
+-- 'pos|gross|add|max_pos|max_gross|ttl_ms' in integers of 1e-6 USD (max -1 = off): the
+-- exchange's position notional on the symbol, its gross exposure, this order's notional.
+-- Orders in flight: KEYS[5] hash, field 'SYMBOL:trace_id' -> 'micro_usd|expires_ms' for every
+-- entry PASSed with a spec, until the worker releases it (inflight.py) or it expires (dropped
+-- by the next admit). Bit X when pos + in flight on the symbol + add > max_pos, or gross + all
+-- in flight + add > max_gross. A record that is not ours is state the kernel cannot read.
 local tail, flight = '', nil
 if entry and ARGV[5] ~= '' then
-  local p, g, add, mp, mg, ttl =
-    string.match(ARGV[5], '^(%d+)|(%d+)|(%d+)|(-?%d+)|(-?%d+)|(%d+)$$')
-  if not p then return head .. '!ARGV[5]|bad exposure input' end
-  p, g, add, mp, mg = tonumber(p), tonumber(g), tonumber(add), tonumber(mp), tonumber(mg)
-  local all = redis.pcall('HGETALL', KEYS[5])
-  if type(all) == 'table' and all.err then return head .. '!' .. KEYS[5] .. '|wrong type' end
-  local prefix = string.match(ARGV[3], '^[^:]*:')
-  local sym, gross, gone = 0, 0, {}
-  for i = 1, #all, 2 do
-    local n, exp = string.match(all[i + 1], '^(%d+)|(%d+)$$')
-    if not n then return head .. '!' .. KEYS[5] .. '|not an in-flight record' end
-    if tonumber(exp) <= now then
-      gone[#gone + 1] = all[i]
-    else
-      gross = gross + tonumber(n)
-      if string.sub(all[i], 1, #prefix) == prefix then sym = sym + tonumber(n) end
+  local held, spec = string.match(ARGV[5], '^(K?X?);(.*)$$')
+  if not held then return head .. '!ARGV[5]|bad limits input' end
+  local over = string.find(held, 'X', 1, true) ~= nil
+  if spec ~= '' then
+    local p, g, add, mp, mg, ttl =
+      string.match(spec, '^(%d+)|(%d+)|(%d+)|(-?%d+)|(-?%d+)|(%d+)$$')
+    if not p then return head .. '!ARGV[5]|bad exposure input' end
+    p, g, add, mp, mg = tonumber(p), tonumber(g), tonumber(add), tonumber(mp), tonumber(mg)
+    local all = redis.pcall('HGETALL', KEYS[5])
+    if type(all) == 'table' and all.err then return head .. '!' .. KEYS[5] .. '|wrong type' end
+    local prefix = string.match(ARGV[3], '^[^:]*:')
+    local sym, gross, gone = 0, 0, {}
+    for i = 1, #all, 2 do
+      local n, exp = string.match(all[i + 1], '^(%d+)|(%d+)$$')
+      if not n then return head .. '!' .. KEYS[5] .. '|not an in-flight record' end
+      if tonumber(exp) <= now then
+        gone[#gone + 1] = all[i]
+      else
+        gross = gross + tonumber(n)
+        if string.sub(all[i], 1, #prefix) == prefix then sym = sym + tonumber(n) end
+      end
     end
+    if not dry and #gone > 0 then redis.call('HDEL', KEYS[5], unpack(gone)) end
+    if (mp >= 0 and p + sym + add > mp) or (mg >= 0 and g + gross + add > mg) then
+      over = true
+      if flags % 4 >= 2 then pass = false end
+    end
+    tail = '~' .. string.format('%.0f', sym) .. '|' .. string.format('%.0f', gross)
+    flight = string.format('%.0f', add) .. '|' .. string.format('%.0f', now + tonumber(ttl))
   end
-  if not dry and #gone > 0 then redis.call('HDEL', KEYS[5], unpack(gone)) end
-  if (mp >= 0 and p + sym + add > mp) or (mg >= 0 and g + gross + add > mg) then
-    bits = bits .. 'X'
-    if flags % 4 >= 2 then pass = false end
-  end
-  tail = '~' .. string.format('%.0f', sym) .. '|' .. string.format('%.0f', gross)
-  flight = string.format('%.0f', add) .. '|' .. string.format('%.0f', now + tonumber(ttl))
+  if string.find(held, 'K', 1, true) then bits = bits .. 'K' end
+  if over then bits = bits .. 'X' end
 end
--- end of MAX_POSITION in flight -------------------------------------------------------------
+-- end of the limits on exchange data --------------------------------------------------------
 if halted then
   bits = bits .. 'T'
   pass = false
