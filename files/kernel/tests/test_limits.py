@@ -36,6 +36,11 @@ FLAT = Market(Decimal(3500), Decimal(0), Decimal(0))
 ON = {"PRICE_COLLAR_PCT": "5", "MAX_POSITION_USD": "1000", "MAX_GROSS_EXPOSURE_USD": "3000"}
 
 
+def records(client: redis.Redis, s: KernelStore) -> dict[str, str]:
+    """The in-flight records (without the running sums '#...')."""
+    return {k: v for k, v in client.hgetall(s.inflight_key).items() if not k.startswith("#")}
+
+
 def store(client: redis.Redis, mode: TradingMode = TradingMode.TESTNET, **env: Any) -> KernelStore:
     return KernelStore(client, config(MIN_HOLD_SECONDS=0, MAX_TRADES_10MIN=10**6, **env), mode)
 
@@ -98,7 +103,7 @@ def test_reduce_only_exits_are_exempt(redis_client: redis.Redis) -> None:
     )
     decision = s.admit(exit_)  # no market data at all
     assert decision.verdict is GateVerdict.PASS and decision.reasons == ()
-    assert redis_client.hlen(s.inflight_key) == 0  # an exit is never counted in flight
+    assert records(redis_client, s) == {}  # an exit is never counted in flight
     bad = s.admit_mapping(
         {"symbol": "ETHUSDT", "side": "SELL", "qty": "1", "price": "-1", "reduce_only": True}
         | {"trace_id": "e2"}
@@ -112,18 +117,20 @@ def test_an_entry_in_flight_counts_until_released(redis_client: redis.Redis) -> 
     market = Market(None, Decimal(30), Decimal(30))
     first = s.admit(valid(trace_id="f1"), market=market)  # 30 + 35 = 65
     assert first.verdict is GateVerdict.PASS
-    assert redis_client.hlen(s.inflight_key) == 1
+    assert len(records(redis_client, s)) == 1
     second = s.admit(valid(trace_id="f2"), market=market)  # 30 + 35 in flight + 35 = 100
     assert second.verdict is GateVerdict.PASS
     third = s.admit(valid(trace_id="f3"), market=market)  # 135 > 100
     assert third.reasons == (Reason.MAX_POSITION,)
     assert third.context["inflight_position_usd"] == Decimal(70)
     # a held entry is not in flight; a replayed one is not counted twice
-    assert redis_client.hlen(s.inflight_key) == 2
+    assert len(records(redis_client, s)) == 2
     assert s.admit(valid(trace_id="f2"), market=market).replayed
-    assert redis_client.hlen(s.inflight_key) == 2
+    assert len(records(redis_client, s)) == 2
     # released: nothing was placed for f1 -> its room is free again
-    assert inflight.release(redis_client, s.inflight_key, "ETHUSDT", "f1", None)
+    assert inflight.release(
+        redis_client, s.inflight_key, s.inflight_expiry_key, "ETHUSDT", "f1", None
+    )
     assert s.admit(valid(trace_id="f4"), market=market).verdict is GateVerdict.PASS
     # another symbol counts against the gross limit only
     other = valid(trace_id="f5", symbol="BTCUSDT")
@@ -135,29 +142,48 @@ def test_in_flight_records_expire_and_release_only_shortens(redis_client: redis.
     market = Market(None, Decimal(0), Decimal(0))
     now = s.server_time_ms()
     # someone's 90 USD expired a millisecond ago: not counted, and dropped by the admit
-    redis_client.hset(s.inflight_key, "ETHUSDT:old", f"90000000|{now - 1}")
+    redis_client.hset(
+        s.inflight_key,
+        mapping={"ETHUSDT:old": f"90000000|{now - 1}", "#ETHUSDT": 90000000, "#": 90000000},
+    )
+    redis_client.zadd(s.inflight_expiry_key, {"ETHUSDT:old": now - 1})
     assert s.admit(valid(trace_id="x1"), market=market).verdict is GateVerdict.PASS
     assert not redis_client.hexists(s.inflight_key, "ETHUSDT:old")
+    assert redis_client.hget(s.inflight_key, "#") == "35000000"  # only x1 now
+    assert redis_client.zrange(s.inflight_expiry_key, 0, -1) == ["ETHUSDT:x1"]
     ttl = inflight.inflight_ttl_ms(s.config)
     _, expires = redis_client.hget(s.inflight_key, "ETHUSDT:x1").split("|")
     assert 0 < int(expires) - now <= ttl + 1000
     assert ttl == 30000 + 5000 + 2000 + 3000  # lease + recvWindow + margin + data age
     # settle after a fill: shorter, never longer
-    inflight.release(redis_client, s.inflight_key, "ETHUSDT", "x1", 10)
+    inflight.release(redis_client, s.inflight_key, s.inflight_expiry_key, "ETHUSDT", "x1", 10)
     _, settled = redis_client.hget(s.inflight_key, "ETHUSDT:x1").split("|")
     assert int(settled) < int(expires)
-    inflight.release(redis_client, s.inflight_key, "ETHUSDT", "x1", 10**9)
+    inflight.release(redis_client, s.inflight_key, s.inflight_expiry_key, "ETHUSDT", "x1", 10**9)
     assert redis_client.hget(s.inflight_key, "ETHUSDT:x1").split("|")[1] == settled
-    assert not inflight.release(redis_client, s.inflight_key, "ETHUSDT", "nope", None)
+    assert not inflight.release(
+        redis_client, s.inflight_key, s.inflight_expiry_key, "ETHUSDT", "nope", None
+    )
+    assert inflight.release(
+        redis_client, s.inflight_key, s.inflight_expiry_key, "ETHUSDT", "x1", None
+    )
+    assert redis_client.hgetall(s.inflight_key) == {"#ETHUSDT": "0", "#": "0"}
+    assert redis_client.zcard(s.inflight_expiry_key) == 0
 
 
 def test_a_foreign_in_flight_record_is_state_unavailable(redis_client: redis.Redis) -> None:
     s = store(redis_client, MAX_POSITION_USD="100")
-    redis_client.hset(s.inflight_key, "ETHUSDT:someone", "lots")
+    redis_client.hset(s.inflight_key, "#ETHUSDT", "lots")
     decision = s.admit(valid(trace_id="u1"), market=Market(None, Decimal(0), Decimal(0)))
     assert decision.primary is Reason.STATE_UNAVAILABLE
     assert decision.context["state_key"] == s.inflight_key
     assert redis_client.get(s.order_key("u1")) is None  # nothing written
+    redis_client.delete(s.inflight_key)
+    redis_client.zadd(s.inflight_expiry_key, {"ETHUSDT:someone": 1})
+    redis_client.hset(s.inflight_key, "ETHUSDT:someone", "lots")
+    due = s.admit(valid(trace_id="u3"), market=FLAT)
+    assert due.primary is Reason.STATE_UNAVAILABLE
+    assert redis_client.hget(s.inflight_key, "ETHUSDT:someone") == "lots"  # left as is
     redis_client.delete(s.inflight_key)
     redis_client.set(s.inflight_key, "x")
     assert s.admit(valid(trace_id="u2"), market=FLAT).primary is Reason.STATE_UNAVAILABLE
@@ -290,7 +316,7 @@ def test_worker_holds_an_entry_off_the_mark(pipe: Pipeline) -> None:
         "PRICE_COLLAR",
     )
     assert pipe.exchange_orders() == []
-    assert pipe.client.hlen(w.store.inflight_key) == 0
+    assert pipe.client.hget(w.store.inflight_key, "#") in (None, "0")
 
 
 @pytest.mark.parametrize(
@@ -337,7 +363,7 @@ def test_an_entry_the_exchange_refuses_is_released_at_once(pipe: Pipeline) -> No
     w = worker(pipe)
     res = run_one(pipe, w, 1, qty="0.1005")  # passes the gates, breaks the step size
     assert res["status"] == "failed"
-    assert pipe.client.hlen(w.store.inflight_key) == 0
+    assert pipe.client.hget(w.store.inflight_key, "#") in (None, "0")
 
 
 def test_fake_market_controls_refuse_bad_input(pipe: Pipeline) -> None:

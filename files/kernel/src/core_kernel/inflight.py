@@ -5,9 +5,11 @@ The rule, in one place (admit.lua applies it, this module releases):
 
 * admit.lua adds a record for every entry it PASSes while MAX_POSITION_USD or
   MAX_GROSS_EXPOSURE_USD is on and the positions were known: field ``SYMBOL:trace_id`` of the
-  hash ``quantum:kernel:inflight``, value ``micro_usd|expires_ms`` (Redis's clock). The same
-  script sums the live records into the check, so two workers on one Redis cannot both pass
-  entries that together exceed a limit: admits are serialised by Redis.
+  hash ``quantum:kernel:inflight``, value ``micro_usd|expires_ms`` (Redis's clock), added to
+  the hash's running sums ``#SYMBOL`` and ``#`` (gross) and to the ZSET
+  ``quantum:kernel:inflight_expiry`` by expiry. The same script adds the live sums to the
+  check, so two workers on one Redis cannot both pass entries that together exceed a limit:
+  admits are serialised by Redis.
 * A record expires ``inflight_ttl_ms`` after its admit: the order lease (the worker's whole
   send fits in it) + recvWindow + margin (an ambiguous send can still execute until then) +
   MARKET_DATA_MAX_AGE_MS (a position snapshot used after that was fetched after the order
@@ -31,17 +33,26 @@ from core_kernel.streams import DEFAULT_PREFIX
 #: The exchange's position information reflects a fill within this (observed: well below 1 s).
 SETTLE_MARGIN_MS = 1000
 
-# Shorten a record's expiry (never lengthen it), or delete it (ARGV[1] == '').
+# Delete a record (ARGV[1] == ''), with its share of the running sums, or shorten its expiry
+# (never lengthen it). KEYS[1] the hash, KEYS[2] the expiry ZSET; ARGV[2] 'SYMBOL:trace_id'.
 _RELEASE_LUA = """
 local v = redis.call('HGET', KEYS[1], ARGV[2])
 if not v then return 0 end
-if ARGV[1] == '' then return redis.call('HDEL', KEYS[1], ARGV[2]) end
 local n, exp = string.match(v, '^(%d+)|(%d+)$')
-if not n then return redis.call('HDEL', KEYS[1], ARGV[2]) end
+if not n then return redis.error_reply('STATE ' .. KEYS[1] .. ': not an in-flight record') end
+if ARGV[1] == '' then
+  redis.call('HINCRBY', KEYS[1], '#' .. string.match(ARGV[2], '^[^:]*'), -tonumber(n))
+  redis.call('HINCRBY', KEYS[1], '#', -tonumber(n))
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 if until_ms < tonumber(exp) then
-  redis.call('HSET', KEYS[1], ARGV[2], n .. '|' .. string.format('%.0f', until_ms))
+  local u = string.format('%.0f', until_ms)
+  redis.call('HSET', KEYS[1], ARGV[2], n .. '|' .. u)
+  redis.call('ZADD', KEYS[2], u, ARGV[2])
 end
 return 1
 """
@@ -49,6 +60,10 @@ return 1
 
 def inflight_key(key_prefix: str = DEFAULT_PREFIX) -> str:
     return f"{key_prefix}kernel:inflight"
+
+
+def expiry_key(key_prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{key_prefix}kernel:inflight_expiry"
 
 
 def inflight_ttl_ms(config: Any) -> int:
@@ -73,7 +88,14 @@ def limits_on(config: Any) -> bool:
 _SCRIPTS: dict[int, Any] = {}
 
 
-def release(client: redis.Redis, key: str, symbol: str, trace_id: str, keep_ms: int | None) -> bool:
+def release(  # noqa: PLR0917 - the record's parts
+    client: redis.Redis,
+    key: str,
+    expiry: str,
+    symbol: str,
+    trace_id: str,
+    keep_ms: int | None,
+) -> bool:
     """Release the record of ``trace_id`` now (``keep_ms`` None) or after ``keep_ms``.
 
     Returns whether there was one.
@@ -83,4 +105,4 @@ def release(client: redis.Redis, key: str, symbol: str, trace_id: str, keep_ms: 
         script = client.register_script(_RELEASE_LUA)
         _SCRIPTS[id(client)] = script
     arg = "" if keep_ms is None else str(int(keep_ms))
-    return bool(script(keys=[key], args=[arg, f"{symbol}:{trace_id}"]))
+    return bool(script(keys=[key, expiry], args=[arg, f"{symbol}:{trace_id}"]))

@@ -32,7 +32,7 @@ import redis
 from core_kernel import gates
 from core_kernel.config import KernelConfig
 from core_kernel.gates import Decision, GateVerdict, Market, Reason, StateOutcome
-from core_kernel.inflight import inflight_key, inflight_ttl_ms
+from core_kernel.inflight import expiry_key, inflight_key, inflight_ttl_ms
 from core_kernel.intent import (
     Intent,
     IntentError,
@@ -102,6 +102,7 @@ class KernelStore:
         self.state_key = state_key(key_prefix)
         self._last_trade_prefix = f"{key_prefix}kernel:last_trade:"
         self.inflight_key = inflight_key(key_prefix)
+        self.inflight_expiry_key = expiry_key(key_prefix)
         self._inflight_ttl_ms = inflight_ttl_ms(config)
         self._window_ms = self.params.rate_window_seconds * 1000
         self._enforce = self.mode is not TradingMode.LIVE
@@ -205,7 +206,7 @@ class KernelStore:
         dedup_key = self.order_key(trace_id) if trace_id is not None else "-"
         keys = [dedup_key, self.last_trade_key(intent.symbol), self.trades_key, self.state_key]
         args = [flags, "" if entry_ms is None else entry_ms, f"{intent.symbol}:{trace_id}", cid]
-        keys.append(self.inflight_key)
+        keys += (self.inflight_key, self.inflight_expiry_key)
         args.append(self._limits_arg(partial))
         try:
             reply = _text(self._admit(keys=keys, args=args))

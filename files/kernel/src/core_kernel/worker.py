@@ -478,7 +478,15 @@ class Worker:
                 return  # resting or partly filled: counted until the record expires
             keep = inflight.settle_ms(self.config)
         try:
-            inflight.release(self.redis, self.store.inflight_key, str(symbol), str(trace_id), keep)
+            store = self.store
+            inflight.release(
+                self.redis,
+                store.inflight_key,
+                store.inflight_expiry_key,
+                str(symbol),
+                str(trace_id),
+                keep,
+            )
         except redis.RedisError as exc:
             # The record then expires on its own; the result is already published.
             log.warning(kv("INFLIGHT_RELEASE_FAILED", {"trace_id": trace_id, "error": str(exc)}))
