@@ -126,7 +126,8 @@ def _market_cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], An
     """PRICE_COLLAR and MAX_POSITION, each when configured, on markets of their own."""
     p = b.p
     if p.price_collar_pct is not None:
-        far = b.price / (1 + p.price_collar_pct * 2 / 100)
+        # A tenth of the price: 900 % off, beyond any PRICE_COLLAR_PCT (<= 100), and exact.
+        far = b.price / 10
         collar_market = Market(far, Decimal(0), Decimal(0))
 
         def collar(store: KernelStore) -> Decision:
@@ -134,8 +135,7 @@ def _market_cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], An
 
         yield (
             "PRICE_COLLAR",
-            f"price {b.price} vs mark {far:.8g}: {2 * p.price_collar_pct}% off, "
-            f"PRICE_COLLAR_PCT={p.price_collar_pct}",
+            f"price {b.price} vs mark {far}: 900% off, PRICE_COLLAR_PCT={p.price_collar_pct}",
             "HOLD",
             [Reason.PRICE_COLLAR],
             collar,
