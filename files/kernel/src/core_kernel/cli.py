@@ -64,6 +64,9 @@ EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REDIS_DOWN, EXIT_REDIS_ERROR = 0, 1, 2, 3,
 _EVAL_EXTRA = {"seconds_since_last_trade", "trades_last_10min"}
 #: situation fields of ``evaluate`` that are not state-gate what-ifs (issue 14)
 _EVAL_SITUATION = {"trading_state"}
+#: what the exchange would say, for PRICE_COLLAR / MAX_POSITION (issue 14): without them the
+#: limits that are on hold (no market data), as they do with an exchange that does not answer
+_EVAL_MARKET = ("mark_price", "position_notional_usd", "gross_exposure_usd")
 
 
 def _print_json(data: Any, out: TextIO) -> None:
@@ -315,6 +318,40 @@ def _situation_state(data: dict[str, Any]) -> str | None:
         raise ValueError(f"trading_state: {exc}") from None
 
 
+def _situation_market(data: dict[str, Any]) -> gates.Market | None:
+    """The what-if market fields, removed from ``data`` (None: none given)."""
+    if not data.keys() & set(_EVAL_MARKET):
+        return None
+    values: list[Decimal | None] = []
+    for name in _EVAL_MARKET:
+        raw = data.pop(name, None)
+        if raw is None:
+            values.append(None)
+            continue
+        low = "> 0" if name == "mark_price" else ">= 0"
+        if isinstance(raw, bool) or not isinstance(raw, (int, Decimal)):
+            raise ValueError(f"{name}: must be a JSON number {low} or null")
+        value = Decimal(raw)
+        if (
+            not value.is_finite()
+            or value < 0
+            or (name == "mark_price" and value == 0)
+            or value.adjusted() > 14
+        ):
+            raise ValueError(f"{name}: must be a number {low} and below 1e15")
+        values.append(value)
+    mark, pos, gross = values
+    return gates.Market(
+        mark,
+        pos,
+        gross,
+        None if mark is not None else "mark_price not given",
+        None
+        if pos is not None and gross is not None
+        else "position_notional_usd and gross_exposure_usd: both needed",
+    )
+
+
 def _what_if(data: dict[str, Any]) -> tuple[Decimal | None, int] | None:
     """The what-if state fields, removed from ``data``; None when neither was given."""
     if not _EVAL_EXTRA & data.keys():
@@ -372,8 +409,11 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
             data = loads_json(line)
             if not isinstance(data, dict):
                 raise ValueError("each line must be a JSON object")
-            what_if = _what_if(data)
-            situation_state = _situation_state(data)
+            what_if, situation_state, market = (
+                _what_if(data),
+                _situation_state(data),
+                _situation_market(data),
+            )
         except ValueError as exc:
             failures += 1
             _print_json({"line": lineno, "error": str(exc)}, out)
@@ -385,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
         else:
             if what_if is not None or situation_state is not None or store is None:
                 # What-if: the situation as given, nothing read from Redis.
-                partial = gates.judge(intent, params, mode)
+                partial = gates.judge(intent, params, mode, market)
                 if situation_state is not None:
                     hold = gates.state_reason(situation_state, partial.exit_only)
                     gates.apply_trading_state(partial, situation_state, hold)
@@ -394,11 +434,11 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
                 )
                 decision = gates.finish(partial, params, mode, state)
             elif deadline.passed():
-                partial = gates.judge(intent, params, mode)
+                partial = gates.judge(intent, params, mode, market)
                 partial.ctx["state_error"] = f"overall deadline of {args.deadline} s passed"
                 decision = gates.finish(partial, params, mode, None, unavailable=True)
             else:
-                decision = store.evaluate(intent)
+                decision = store.evaluate(intent, market)
         result = decision.to_dict()
         result["line"] = lineno
         _print_json(result, out)

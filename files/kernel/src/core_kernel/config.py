@@ -142,6 +142,19 @@ class KernelConfig(BaseSettings):
     protection_trip_state: str = Field("REDUCING", alias="PROTECTION_TRIP_STATE")
     protection_stale_seconds: int = Field(300, alias="PROTECTION_STALE_SECONDS", ge=10, le=86400)
     protection_live: str = Field("", alias="PROTECTION_LIVE")
+    # Limits on exchange data (mark price, positions): off by default, because every door
+    # without an exchange (the profit_gate API existing services call, evaluate, gate-proof's
+    # host) would then HOLD every entry for want of data. Turn them on where the reference
+    # worker sends the orders (it fetches the data). At most 1e9 USD: admit.lua sums them in
+    # micro-USD integers, exact in Lua's doubles (gates.to_micro).
+    price_collar_pct: Decimal | None = Field(None, alias="PRICE_COLLAR_PCT", gt=0, le=100)
+    max_position_usd: Decimal | None = Field(None, alias="MAX_POSITION_USD", gt=0, le=10**9)
+    max_gross_exposure_usd: Decimal | None = Field(
+        None, alias="MAX_GROSS_EXPOSURE_USD", gt=0, le=10**9
+    )
+    # Market data older than this is not used (the limit holds instead). Binance updates the
+    # mark price every second; 3 s allows one missed update plus a round trip.
+    market_data_max_age_ms: int = Field(3000, alias="MARKET_DATA_MAX_AGE_MS", ge=100, le=60000)
 
     @field_validator("binance_position_mode")
     @classmethod
@@ -208,6 +221,9 @@ class KernelConfig(BaseSettings):
         "max_leverage",
         "daily_loss_limit_usd",
         "max_drawdown_pct",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
         mode="before",
     )
     @classmethod
@@ -230,6 +246,9 @@ class KernelConfig(BaseSettings):
         "max_leverage",
         "daily_loss_limit_usd",
         "max_drawdown_pct",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
         mode="before",
     )
     @classmethod
@@ -253,6 +272,7 @@ class KernelConfig(BaseSettings):
         "max_deliveries",
         "recovery_batch",
         "protection_stale_seconds",
+        "market_data_max_age_ms",
         mode="before",
     )
     @classmethod
@@ -350,6 +370,9 @@ class KernelConfig(BaseSettings):
             max_intent_age_ms=self.max_intent_age_ms,
             max_notional_usd=self.max_notional_usd,
             max_leverage=self.max_leverage,
+            price_collar_pct=self.price_collar_pct,
+            max_position_usd=self.max_position_usd,
+            max_gross_exposure_usd=self.max_gross_exposure_usd,
         )
 
 

@@ -35,6 +35,17 @@ default is a 10000 USDT wallet and no position) and ``GET /fapi/v1/income`` the 
 added by ``POST /_income`` (one entry or a list: ``incomeType``, ``income``, optional ``time``
 ms - default now - and ``symbol``), filtered by ``incomeType``/``startTime``/``endTime``
 (inclusive), oldest first, at most ``limit`` (default 100, max 1000) from ``startTime`` on.
+* market data (issue 14): ``mark_5xx`` / ``position_5xx`` (counted) answer premiumIndex /
+  positionRisk with 503; ``mark_garbage`` / ``position_garbage`` (held) answer numbers that
+  are not numbers; ``mark_delay_ms`` / ``position_delay_ms`` delay only those answers (a
+  client timeout); ``mark_stale_ms`` dates the mark price that much in the past.
+
+Market data: ``GET /fapi/v1/premiumIndex`` (one symbol, or all without ``symbol``) and signed
+``GET /fapi/v3/positionRisk`` (rows for symbols with a position, Binance's field names,
+numbers as strings). A MARKET order that fills moves the position (BUY adds, SELL subtracts,
+per ``positionSide``) at the mark price. ``POST /_market`` sets mark prices and positions
+during a test: ``{"mark_price": {"ETHUSDT": "3500"}, "positions": {"ETHUSDT": "-0.5",
+"BTCUSDT:LONG": "1"}}``.
 
 Every signed request is checked against the server clock as Binance does: rejected with -1021
 when its ``timestamp`` is more than 1000 ms ahead, or when ``timestamp + recvWindow`` has passed
@@ -97,6 +108,13 @@ FAULT_KEYS = (
     "account_5xx",
     "account_drop",
     "account_garbage",
+    "mark_5xx",
+    "mark_garbage",
+    "mark_delay_ms",
+    "mark_stale_ms",
+    "position_5xx",
+    "position_garbage",
+    "position_delay_ms",
 )
 # The only switch that may be negative: a server clock behind the host's.
 SIGNED_KEYS = frozenset({"clock_offset_ms"})
@@ -186,6 +204,13 @@ class Faults:
     account_5xx: int = 0
     account_drop: int = 0
     account_garbage: int = 0
+    mark_5xx: int = 0
+    mark_garbage: int = 0
+    mark_delay_ms: int = 0
+    mark_stale_ms: int = 0
+    position_5xx: int = 0
+    position_garbage: int = 0
+    position_delay_ms: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in FAULT_KEYS}
@@ -210,6 +235,13 @@ class FakeState:
     wallet: Decimal = DEFAULT_WALLET
     unrealized: Decimal = Decimal(0)
     income: list[dict[str, Any]] = field(default_factory=list)
+    #: mark price per symbol (from the specs, changed by ``POST /_market``)
+    marks: dict[str, Decimal] = field(default_factory=dict)
+    #: (symbol, positionSide) -> signed positionAmt, entry price
+    positions: dict[tuple[str, str], tuple[Decimal, Decimal]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.marks = {s: Decimal(spec.mark_price) for s, spec in self.symbols.items()}
 
     def now_ms(self) -> int:
         """The server clock: the host clock plus ``clock_offset_ms``."""
@@ -439,8 +471,14 @@ class _Handler(BaseHTTPRequestHandler):
                     setattr(state.faults, key, value)
                 self._send(200, state.faults.to_dict())
             return
+        if path == "/_market" and method == "POST":
+            with state.lock:
+                self._send(200, _set_market(state, body))
+            return
         if path == "/_reset" and method == "POST":
             with state.lock:
+                state.positions.clear()
+                state.marks = {s: Decimal(sp.mark_price) for s, sp in state.symbols.items()}
                 state.orders.clear()
                 state.algo_orders.clear()
                 state.stats.clear()
@@ -573,6 +611,13 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path in ("/fapi/v2/account", "/fapi/v1/income"):
             self._account_read(method, path, query, body, delay_ms)
             return
+        if path == "/fapi/v1/premiumIndex" and method == "GET":
+            self._premium_index(dict(parse_qsl(query)), delay_ms)
+            return
+        if path == "/fapi/v3/positionRisk" and method == "GET":
+            self._signed_params(query, body)
+            self._position_risk(delay_ms)
+            return
         if path in ("/fapi/v1/order", "/fapi/v1/algoOrder"):
             algo = path.endswith("algoOrder")
             params = self._signed_params(query, body)
@@ -583,6 +628,47 @@ class _Handler(BaseHTTPRequestHandler):
                 self._query_order(params, algo, delay_ms)
                 return
         raise ApiError(404, -1, f"{method} {path}: not implemented by the fake")
+
+    def _premium_index(self, params: dict[str, str], delay_ms: int) -> None:
+        state = self.state
+        symbol = params.get("symbol")
+        with state.lock:
+            state.count("mark_price_requests")
+            if symbol is not None and symbol not in state.marks:
+                raise ApiError(400, -1121, "Invalid symbol.")
+            fail = state.take("mark_5xx")
+            garbage = bool(state.faults.mark_garbage)
+            delay = delay_ms + state.faults.mark_delay_ms
+            stamp = state.now_ms() - state.faults.mark_stale_ms
+            rows = [
+                _premium_row(s, m, stamp, garbage)
+                for s, m in state.marks.items()
+                if symbol is None or s == symbol
+            ]
+        if fail:
+            time.sleep(delay / 1000)
+            raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+        self._after_delay(delay, 200, rows[0] if symbol is not None else rows)
+
+    def _position_risk(self, delay_ms: int) -> None:
+        state = self.state
+        with state.lock:
+            state.count("position_requests")
+            fail = state.take("position_5xx")
+            garbage = bool(state.faults.position_garbage)
+            delay = delay_ms + state.faults.position_delay_ms
+            now = state.now_ms()
+            rows = [
+                _position_row(sym, side, amt, entry, state.marks.get(sym, Decimal(0)), now)
+                for (sym, side), (amt, entry) in sorted(state.positions.items())
+                if amt != 0
+            ]
+        if garbage:
+            rows = [{**r, "notional": "n/a", "positionAmt": ""} for r in rows] or [{"oops": 1}]
+        if fail:
+            time.sleep(delay / 1000)
+            raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+        self._after_delay(delay, 200, rows)
 
     def _after_delay(self, delay_ms: int, status: int, body: Any) -> None:
         if delay_ms:
@@ -741,6 +827,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     with state.lock:
         spec = state.symbols.get(symbol)
         hedge = bool(state.faults.dual_side)
+        mark = state.marks.get(symbol, Decimal(0))
     if spec is None:
         raise ApiError(400, -1121, "Invalid symbol.")
     if side not in {"BUY", "SELL"}:
@@ -766,7 +853,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     for value in (price, trigger):
         if value is not None and not _multiple(value, Decimal(spec.tick_size)):
             raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
-    ref = price or trigger or (Decimal(spec.mark_price) if Decimal(spec.mark_price) > 0 else None)
+    ref = price or trigger or (mark if mark > 0 else None)
     if not reduce_only and ref is not None and qty * ref < Decimal(spec.min_notional):
         raise ApiError(
             400,
@@ -824,6 +911,99 @@ def _accept(state: FakeState, order: dict[str, Any], algo: bool) -> None:
         )
     book.append(order)
     state.count("orders_accepted")
+    if filled:
+        _fill_position(state, order)
+
+
+def _fill_position(state: FakeState, order: dict[str, Any]) -> None:
+    """A filled order moves its position at the mark price (caller holds the lock)."""
+    key = (order["symbol"], order["positionSide"])
+    qty = Decimal(order["origQty"])
+    delta = qty if order["side"] == "BUY" else -qty
+    mark = state.marks.get(order["symbol"], Decimal(0))
+    amt, entry = state.positions.get(key, (Decimal(0), Decimal(0)))
+    new = amt + delta
+    if new == 0:
+        entry = Decimal(0)
+    elif amt == 0 or (amt > 0) != (new > 0):
+        entry = mark
+    elif abs(new) > abs(amt):
+        entry = (abs(amt) * entry + qty * mark) / abs(new)
+    state.positions[key] = (new, entry)
+
+
+def _premium_row(symbol: str, mark: Decimal, stamp: int, garbage: bool) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "markPrice": "NaN" if garbage else f"{mark:f}",
+        "indexPrice": f"{mark:f}",
+        "estimatedSettlePrice": f"{mark:f}",
+        "lastFundingRate": "0.00010000",
+        "interestRate": "0.00010000",
+        "nextFundingTime": (stamp // 28_800_000 + 1) * 28_800_000,
+        "time": "yesterday" if garbage else stamp,
+    }
+
+
+def _position_row(  # noqa: PLR0917 - one row's parts
+    symbol: str, side: str, amt: Decimal, entry: Decimal, mark: Decimal, now: int
+) -> dict[str, Any]:
+    notional = amt * mark
+    return {
+        "symbol": symbol,
+        "positionSide": side,
+        "positionAmt": f"{amt:f}",
+        "entryPrice": f"{entry:f}",
+        "breakEvenPrice": f"{entry:f}",
+        "markPrice": f"{mark:f}",
+        "unRealizedProfit": f"{(mark - entry) * amt:f}",
+        "liquidationPrice": "0",
+        "isolatedMargin": "0",
+        "notional": f"{notional:f}",
+        "marginAsset": "USDT",
+        "isolatedWallet": "0",
+        "initialMargin": "0",
+        "maintMargin": "0",
+        "positionInitialMargin": "0",
+        "openOrderInitialMargin": "0",
+        "adl": 0,
+        "bidNotional": "0",
+        "askNotional": "0",
+        "updateTime": now,
+    }
+
+
+def _set_market(state: FakeState, body: str) -> dict[str, Any]:
+    """``POST /_market`` (caller holds the lock): set mark prices and positions."""
+    try:
+        values = json.loads(body or "{}")
+    except ValueError:
+        raise ApiError(400, -1, "body: not JSON") from None
+    if not isinstance(values, dict) or set(values) - {"mark_price", "positions"}:
+        raise ApiError(400, -1, "body: an object with mark_price and/or positions")
+    marks, positions = values.get("mark_price", {}), values.get("positions", {})
+    if not isinstance(marks, dict) or not isinstance(positions, dict):
+        raise ApiError(400, -1, "mark_price, positions: objects of symbol -> decimal string")
+    try:
+        new_marks = {str(k): Decimal(str(v)) for k, v in marks.items()}
+        new_pos = {str(k): Decimal(str(v)) for k, v in positions.items()}
+    except InvalidOperation:
+        raise ApiError(400, -1, "mark_price, positions: values must be decimal strings") from None
+    for sym, mark in new_marks.items():
+        if sym not in state.symbols or not mark.is_finite() or mark <= 0:
+            raise ApiError(400, -1, f"mark_price {sym}: a listed symbol and a price > 0")
+    for key, amt in new_pos.items():
+        sym, _, side = key.partition(":")
+        if sym not in state.symbols or side not in {"", "LONG", "SHORT"} or not amt.is_finite():
+            raise ApiError(400, -1, f"positions {key}: SYMBOL or SYMBOL:LONG/SHORT -> amount")
+    state.marks.update(new_marks)
+    for key, amt in new_pos.items():
+        sym, _, side = key.partition(":")
+        state.positions[(sym, side or "BOTH")] = (amt, state.marks[sym] if amt else Decimal(0))
+    return {
+        "mark_price": {k: f"{v:f}" for k, v in state.marks.items()},
+        "positions": {f"{s}:{p}": f"{a:f}" for (s, p), (a, _) in state.positions.items()},
+    }
 
 
 def _accept_if_in_window(
