@@ -189,6 +189,9 @@ def test_report_shows_the_trading_state_and_the_limits_in_force(host):
     assert f"Trading state: **{state['state']}**" in text
     assert "| `MAX_NOTIONAL_USD` | 50000 | holds entries |" in text
     assert "| `MAX_LEVERAGE` | 20 | holds entries |" in text
+    assert "| `PRICE_COLLAR_PCT` | off | - |" in text
+    assert "| `MAX_DRAWDOWN_PCT` | 10 | trips to REDUCING (quantum-protect) |" in text
+    assert "| `DAILY_LOSS_LIMIT_USD` | off | - |" in text
 
 
 def test_no_index_access_needed_on_the_host(host):
