@@ -198,6 +198,35 @@ def test_foreign_order_key_value_is_a_duplicate_hold_never_overwritten(
     assert not redis_client.exists(TRADES)
 
 
+@pytest.mark.parametrize(
+    ("key", "corrupt"),
+    [
+        (LAST, lambda c: c.set(LAST, "soon")),
+        (LAST, lambda c: c.hset(LAST, "a", "1")),
+        (TRADES, lambda c: c.set(TRADES, "3")),
+    ],
+)
+def test_stored_decision_comes_back_before_a_state_read_fails(
+    redis_client: redis.Redis, key: str, corrupt: Any
+) -> None:
+    """The dedup key answers first: a replay (or a foreign claim) wins over unreadable state."""
+    store = make(redis_client)
+    first = store.admit(valid(trace_id="st"))
+    assert first.verdict is GateVerdict.PASS
+    redis_client.delete(key)
+    corrupt(redis_client)
+    before = redis_client.dump(key)
+    again = store.admit(valid(trace_id="st"))
+    assert (again.verdict, again.replayed, again.client_order_id) == (GateVerdict.PASS, True, "st")
+    redis_client.sadd("quantum:dedup:order:other", "x")
+    other = store.admit(valid(trace_id="other"))
+    assert (other.verdict, other.primary) == (GateVerdict.HOLD, Reason.DUPLICATE_ORDER)
+    fresh = store.admit(valid(trace_id="new"))
+    assert (fresh.primary, fresh.context["state_key"]) == (Reason.STATE_UNAVAILABLE, key)
+    assert redis_client.dump(key) == before
+    assert not redis_client.exists("quantum:dedup:order:new")
+
+
 def test_live_records_passes_and_audits(redis_client: redis.Redis) -> None:
     store = make(redis_client, TradingMode.LIVE)
     assert store.admit(valid(trace_id="l1")).verdict is GateVerdict.PASS

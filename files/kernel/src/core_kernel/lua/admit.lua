@@ -40,19 +40,25 @@ else
 end
 local halted = ts ~= 'ACTIVE' and ts ~= 'REDUCING'
 local head = ts .. ';'
-if not dry then
-  local got = redis.pcall('GET', KEYS[1])
+-- The dedup key is read where it is claimed (SET NX GET, below); a decision stored there comes
+-- back instead of a new one, whatever the state reads found.
+local function stored_reply(got)
   if type(got) == 'table' and got.err then
     return head .. '#wrong type'
   end
-  if got then
-    -- Only a value admit could have written comes back whole (ASCII, so every client decodes
-    -- it); Python still checks its exact form.
-    if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
-      return head .. '#foreign value'
-    end
-    return head .. '=' .. got
+  -- Only a value admit could have written comes back whole (ASCII, so every client decodes
+  -- it); Python still checks its exact form.
+  if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
+    return head .. '#foreign value'
   end
+  return head .. '=' .. got
+end
+local function unreadable(key, reason)
+  if not dry then
+    local got = redis.pcall('GET', KEYS[1])
+    if got then return stored_reply(got) end
+  end
+  return head .. '!' .. key .. '|' .. reason
 end
 local entry = flags >= 4
 local t = redis.call('TIME')
@@ -65,14 +71,14 @@ local last, count = false, 0
 if entry then
   last = redis.pcall('GET', KEYS[2])
   if type(last) == 'table' and last.err then
-    return head .. '!' .. KEYS[2] .. '|wrong type'
+    return unreadable(KEYS[2], 'wrong type')
   end
   if last and (#last > 15 or not string.match(last, '^%d+$$')) then
-    return head .. '!' .. KEYS[2] .. '|not integer milliseconds'
+    return unreadable(KEYS[2], 'not integer milliseconds')
   end
   count = redis.pcall('ZCOUNT', KEYS[3], '(' .. window_start, '+inf')
   if type(count) == 'table' and count.err then
-    return head .. '!' .. KEYS[3] .. '|wrong type'
+    return unreadable(KEYS[3], 'wrong type')
   end
 end
 local bits = ''
@@ -109,11 +115,16 @@ local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since ..
 if dry then
   return head .. stored
 end
+-- Claim the dedup key and read it in one command (Redis 7.0+): NX leaves a stored decision and
+-- its TTL as they are and GET returns it; nil means this decision is now the stored one.
+local got = redis.pcall('SET', KEYS[1], stored, 'NX', 'EX', TTL_S, 'GET')
+if got then
+  return stored_reply(got)
+end
 if pass and entry then
   redis.call('SET', KEYS[2], now_s)
   redis.call('ZADD', KEYS[3], now_s, ARGV[3])
   -- Trim what left the window, so the ZSET stays as small as the window.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', window_start)
 end
-redis.call('SET', KEYS[1], stored, 'EX', TTL_S)
 return head .. stored
