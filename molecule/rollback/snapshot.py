@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Host state the rollback must restore: every file under the directories a deploy touches
-(sha256, owner, group, mode, link target) and the load/enabled/active state of the units.
+(sha256, owner, group, mode, link target), the load/enabled/active state of the units, and
+every user and group.
 Run on the lab host by prepare (before the deploy) and by the tests (after the rollback)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ TREES = [
     "/etc/logrotate.d",
     "/usr/local/bin",
     "/home/qt/quantum_trader/services",
+    "/var/log/quantum",
 ]
 PATHS = ["/opt/quantum/core-kernel/current"]
 UNITS = [
@@ -72,8 +74,10 @@ def main() -> int:
     for block in out.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         units[props.get("Id", "?")] = props
-    groups = {g.gr_name: sorted(g.gr_mem) for g in grp.getgrall() if g.gr_name == "quantum"}
-    state = {"files": files, "units": units, "groups": groups}
+    # Every user and group of the host: a deploy may add some, a rollback must take them out.
+    groups = {g.gr_name: sorted(g.gr_mem) for g in grp.getgrall()}
+    users = {u.pw_name: [u.pw_uid, u.pw_gid, u.pw_dir, u.pw_shell] for u in pwd.getpwall()}
+    state = {"files": files, "units": units, "groups": groups, "users": users}
     json.dump(state, sys.stdout, indent=1, sort_keys=True)
     return 0
 

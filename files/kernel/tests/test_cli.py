@@ -81,6 +81,37 @@ def test_check_config_ok_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "does not exist" in json.loads(out)["errors"][0]
 
 
+CANARY = "Canary-Pw-7f3e9"
+
+
+@pytest.mark.parametrize(
+    ("text", "argv_extra"),
+    [
+        # in a dump of a good config, userinfo and ?password= forms
+        (f"CORE_KERNEL_REDIS_URL=redis://:{CANARY}@127.0.0.1:6379/0\n", []),
+        (f"CORE_KERNEL_REDIS_URL=redis://kernel:{CANARY}@127.0.0.1:6379/0\n", []),
+        (f"CORE_KERNEL_REDIS_URL=unix:///run/redis.sock?db=0&password={CANARY}\n", []),
+        (f"REDIS_URL=redis://:{CANARY}@127.0.0.1:6379/0\n", []),
+        # in the error for a bad URL or a bad secret value
+        (f"CORE_KERNEL_REDIS_URL=redis://:{CANARY}@127.0.0.1:notaport/0\n", []),
+        (f"BINANCE_API_SECRET={CANARY} x\nMIN_NOTIONAL_USD=abc\n", []),
+        ("", ["--redis-url", f"redis://:{CANARY}@127.0.0.1:99999/0"]),
+    ],
+)
+def test_no_password_or_key_in_any_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, argv_extra: list[str]
+) -> None:
+    """Issue 12 item 2: a Redis password or an API secret is never echoed, by any command."""
+    path = env_file(tmp_path, text)
+    for argv in (
+        ["check-config", "--config", path, "--json"],
+        ["check-config", "--config", path],
+        ["state", "--json", "--config", path, *argv_extra],
+    ):
+        _code, out, err = run(argv, capsys)
+        assert CANARY not in out + err, (argv, out, err)
+
+
 def test_bad_config_elsewhere_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ KERNEL = "/opt/quantum/core-kernel/current/bin/core-kernel"
 EVIDENCE = "/var/lib/quantum/evidence/latest"
 APP = "/home/qt/quantum_trader"
 DROPIN = "20-core-kernel.conf"
+PROJECT = Path(__file__).resolve().parents[3]
 
 ORIGINAL_VALUES = {
     "MIN_NOTIONAL_USD": "25",
@@ -172,6 +174,21 @@ def test_evidence_directory_complete(host):
     assert before["quantum-execution.service"]["ActiveState"] == "active"
     assert host.file(f"{target}/before/stream_health.json").size > 0
     assert host.file(f"{target}/after/unit_properties.json").size > 0
+
+
+def test_report_shows_the_trading_state_and_the_limits_in_force(host):
+    """Issue 14 item 6: the activation report (controller side) names the state and limits."""
+    target = host.file(EVIDENCE).linked_to
+    state = json.loads(host.file(f"{target}/after/trading_state.json").content_string)
+    assert state["state"] in {"ACTIVE", "HALTED", "REDUCING"}, state
+    config = json.loads(host.file(f"{target}/after/config.json").content_string)["config"]
+    assert config["MAX_NOTIONAL_USD"] == "50000" and config["MAX_LEVERAGE"] == "20", config
+    report = PROJECT / "evidence" / host.backend.name / "latest" / "ACTIVATION_REPORT.md"
+    text = report.read_text()
+    assert "## Trading state and limits" in text
+    assert f"Trading state: **{state['state']}**" in text
+    assert "| `MAX_NOTIONAL_USD` | 50000 | holds entries |" in text
+    assert "| `MAX_LEVERAGE` | 20 | holds entries |" in text
 
 
 def test_no_index_access_needed_on_the_host(host):

@@ -9,17 +9,16 @@ Redis) must be exactly as before.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(PROJECT / "molecule"))
+from controller import run_playbook  # noqa: E402
+
 KERNEL = "/opt/quantum/core-kernel/current/bin/core-kernel"
 ENV_FILE = "/etc/quantum/core_gates.env"
 SERVICE = "quantum-stream-recover.service"
@@ -42,37 +41,11 @@ INTENT = {
 }
 
 
-def ansible_playbook() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
-    assert found, "ansible-playbook not found next to the test interpreter or on PATH"
-    return found
-
-
 def run_deploy(
     tmp_path: Path, instance: str, inventory: str, *extra: str
 ) -> tuple[int, str, float]:
     """deploy.yml against the instance with inventory/<inventory>/group_vars and no host_vars."""
-    inv = tmp_path / inventory
-    inv.mkdir()
-    (inv / "group_vars").symlink_to(PROJECT / "inventory" / inventory / "group_vars")
-    (inv / "hosts.yml").write_text(
-        "quantum_kernel:\n"
-        "  hosts:\n"
-        f"    {instance}:\n"
-        "      ansible_connection: containers.podman.podman\n"
-        "      ansible_python_interpreter: /usr/bin/python3\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env["ANSIBLE_CONFIG"] = str(PROJECT / "ansible.cfg")
-    env["ANSIBLE_FORCE_COLOR"] = "0"
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    cmd = [ansible_playbook(), "-i", str(inv), "playbooks/deploy.yml", *extra]
-    start = time.monotonic()
-    proc = subprocess.run(
-        cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+    return run_playbook(tmp_path, instance, inventory, "deploy.yml", *extra)
 
 
 def refusal_line(output: str) -> str:

@@ -37,9 +37,25 @@ def test_units_equal_the_pre_deploy_snapshot(states):
             assert now["units"][unit]["ActiveState"] == props["ActiveState"], unit
 
 
-def test_group_membership_restored(states):
+def test_users_groups_and_membership_restored(states):
     before, now = states
     assert now["groups"] == before["groups"]
+    assert now["users"] == before["users"]
+
+
+def test_the_recovery_log_the_deploy_created_is_kept_in_the_rollbacks_evidence(host, states):
+    """Issue 12 item 7: the log directory goes (the deploy created it), its log does not."""
+    before, now = states
+    assert not before["files"]["/var/log/quantum"]["exists"], "the lab must start without it"
+    assert not now["files"]["/var/log/quantum"]["exists"]
+    assert "quantum-recover" not in now["users"]
+    target = host.file("/var/lib/quantum/evidence/latest").linked_to
+    kept = host.check_output("ls -d %s/rollback_*/kept/var/log/quantum", target).split()
+    assert len(kept) == 1, kept
+    log = host.file(f"{kept[0]}/stream_recover.log")
+    assert log.is_file and log.size > 0, "the sweep ran during the deploy and logged"
+    assert log.mode == 0o600 and log.user == "root"
+    assert host.file(kept[0]).mode == 0o700
 
 
 def test_old_hand_deployed_shim_restored_byte_identical(host, states):

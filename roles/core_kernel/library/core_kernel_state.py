@@ -41,6 +41,18 @@ options:
     description: Return the content (base64) of regular files.
     type: bool
     default: false
+  owned_dirs:
+    description: >-
+      Directories a deploy creates and fills at run time (a log directory); whether each exists
+      is recorded, so a rollback can remove one the deploy created, contents and all.
+    type: list
+    elements: path
+    default: []
+  users:
+    description: Users a deploy may create; whether each exists is recorded.
+    type: list
+    elements: str
+    default: []
 author: quantum
 """
 
@@ -78,6 +90,14 @@ current:
   returned: always
 group:
   description: name, exists, members.
+  type: dict
+  returned: always
+owned_dirs:
+  description: Directory -> exists (a directory, not a file or link, at that path).
+  type: dict
+  returned: always
+users:
+  description: User name -> exists.
   type: dict
   returned: always
 """
@@ -143,6 +163,8 @@ def main():
             "current": {"type": "path"},
             "group": {"type": "str"},
             "content": {"type": "bool", "default": False},
+            "owned_dirs": {"type": "list", "elements": "path", "default": []},
+            "users": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -163,8 +185,17 @@ def main():
             group = {"name": p["group"], "exists": True, "members": sorted(entry.gr_mem)}
         except KeyError:
             group = {"name": p["group"], "exists": False, "members": []}
+    users = {}
+    for name in p["users"]:
+        try:
+            pwd.getpwnam(name)
+            users[name] = True
+        except KeyError:
+            users[name] = False
     module.exit_json(
         changed=False,
+        owned_dirs={d: os.path.isdir(d) and not os.path.islink(d) for d in p["owned_dirs"]},
+        users=users,
         files=files,
         dirs=dirs,
         units=_units(module, p["units"]),

@@ -3,7 +3,9 @@ and the reason, never a traceback. Exit codes (every subcommand):
 
 * 0 ok;
 * 1 the check failed: gate-proof with a failing case, recover that could not do its job,
-  evaluate with a line that is not a JSON object;
+  evaluate with a line that is not a JSON object, ``protect --once`` with a protection
+  tripped (or tripping audit-only) or the equity unreadable, ``resume`` refused while the
+  daily loss limit stands;
 * 2 bad config (check-config's lines), a bad option value or a bad ``--redis-url``;
 * 3 Redis unreachable (evaluate: only when refused at start; a stall is HOLD per line);
 * 4 another Redis error (e.g. a key of the wrong type);
@@ -16,7 +18,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -26,20 +30,24 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core_kernel import __version__, gates, proof
+from core_kernel import __version__, gates, proof, protect
 from core_kernel.config import (
     ConfigError,
     KernelConfig,
     check_redis_url,
     load_config,
+    redact_url,
     resolve_path,
+    shown,
 )
+from core_kernel.exchange import from_config
 from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
 from core_kernel.intent import IntentError, loads_json, parse_intent
 from core_kernel.log import setup_logging
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
+from core_kernel.protections import Limits
 from core_kernel.recovery import FileEventLog, recover
 from core_kernel.store import KernelStore, admit_script
 from core_kernel.trading_state import (
@@ -53,10 +61,12 @@ from core_kernel.trading_state import (
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REDIS_DOWN, EXIT_REDIS_ERROR = 0, 1, 2, 3, 4
 
-_SECRET_KEYS = {"binance_api_key", "binance_api_secret"}
 _EVAL_EXTRA = {"seconds_since_last_trade", "trades_last_10min"}
 #: situation fields of ``evaluate`` that are not state-gate what-ifs (issue 14)
 _EVAL_SITUATION = {"trading_state"}
+#: what the exchange would say, for PRICE_COLLAR / MAX_POSITION (issue 14): without them the
+#: limits that are on hold (no market data), as they do with an exchange that does not answer
+_EVAL_MARKET = ("mark_price", "position_notional_usd", "gross_exposure_usd")
 
 
 def _print_json(data: Any, out: TextIO) -> None:
@@ -71,7 +81,7 @@ def _checked_url(url: str) -> str:
     try:
         return check_redis_url(url)
     except ValueError as exc:
-        raise UsageError(f"--redis-url={url}: {exc}") from None
+        raise UsageError(f"--redis-url={redact_url(url)}: {exc}") from None
 
 
 def _client(url: str, *, timeout: float = 10.0) -> redis.Redis:
@@ -92,10 +102,8 @@ def _load(args: argparse.Namespace) -> KernelConfig:
 def _config_dump(config: KernelConfig) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, fld in KernelConfig.model_fields.items():
-        value = getattr(config, name)
-        if name in _SECRET_KEYS and value:
-            value = "***"
-        data[str(fld.alias or name)] = value
+        key = str(fld.alias or name)
+        data[key] = shown(key, getattr(config, name))
     return data
 
 
@@ -121,7 +129,7 @@ def derived_errors(config: KernelConfig) -> list[str]:
     try:
         redis.ConnectionPool.from_url(config.redis_url)
     except (ValueError, TypeError) as exc:
-        errors.append(f"{config.redis_url_key}={config.redis_url}: {exc}")
+        errors.append(f"{config.redis_url_key}={redact_url(config.redis_url)}: {exc}")
     return errors
 
 
@@ -310,6 +318,40 @@ def _situation_state(data: dict[str, Any]) -> str | None:
         raise ValueError(f"trading_state: {exc}") from None
 
 
+def _situation_market(data: dict[str, Any]) -> gates.Market | None:
+    """The what-if market fields, removed from ``data`` (None: none given)."""
+    if not data.keys() & set(_EVAL_MARKET):
+        return None
+    values: list[Decimal | None] = []
+    for name in _EVAL_MARKET:
+        raw = data.pop(name, None)
+        if raw is None:
+            values.append(None)
+            continue
+        low = "> 0" if name == "mark_price" else ">= 0"
+        if isinstance(raw, bool) or not isinstance(raw, (int, Decimal)):
+            raise ValueError(f"{name}: must be a JSON number {low} or null")
+        value = Decimal(raw)
+        if (
+            not value.is_finite()
+            or value < 0
+            or (name == "mark_price" and value == 0)
+            or value.adjusted() > 14
+        ):
+            raise ValueError(f"{name}: must be a number {low} and below 1e15")
+        values.append(value)
+    mark, pos, gross = values
+    return gates.Market(
+        mark,
+        pos,
+        gross,
+        None if mark is not None else "mark_price not given",
+        None
+        if pos is not None and gross is not None
+        else "position_notional_usd and gross_exposure_usd: both needed",
+    )
+
+
 def _what_if(data: dict[str, Any]) -> tuple[Decimal | None, int] | None:
     """The what-if state fields, removed from ``data``; None when neither was given."""
     if not _EVAL_EXTRA & data.keys():
@@ -367,8 +409,11 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
             data = loads_json(line)
             if not isinstance(data, dict):
                 raise ValueError("each line must be a JSON object")
-            what_if = _what_if(data)
-            situation_state = _situation_state(data)
+            what_if, situation_state, market = (
+                _what_if(data),
+                _situation_state(data),
+                _situation_market(data),
+            )
         except ValueError as exc:
             failures += 1
             _print_json({"line": lineno, "error": str(exc)}, out)
@@ -380,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
         else:
             if what_if is not None or situation_state is not None or store is None:
                 # What-if: the situation as given, nothing read from Redis.
-                partial = gates.judge(intent, params, mode)
+                partial = gates.judge(intent, params, mode, market)
                 if situation_state is not None:
                     hold = gates.state_reason(situation_state, partial.exit_only)
                     gates.apply_trading_state(partial, situation_state, hold)
@@ -389,11 +434,11 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
                 )
                 decision = gates.finish(partial, params, mode, state)
             elif deadline.passed():
-                partial = gates.judge(intent, params, mode)
+                partial = gates.judge(intent, params, mode, market)
                 partial.ctx["state_error"] = f"overall deadline of {args.deadline} s passed"
                 decision = gates.finish(partial, params, mode, None, unavailable=True)
             else:
-                decision = store.evaluate(intent)
+                decision = store.evaluate(intent, market)
         result = decision.to_dict()
         result["line"] = lineno
         _print_json(result, out)
@@ -410,9 +455,12 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         view = read_state(client)
         history = audit_log(client, count=args.history) if args.history else []
+        trips = protect.active_trips(client)
     finally:
         client.close()
     data = view.to_dict()
+    if trips:
+        data["protection_trips"] = trips
     if args.json:
         if args.history:
             data["history"] = history
@@ -430,6 +478,9 @@ def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if view.error:
         line += f" ({view.error}: read as HALTED)"
     out.write(line + "\n")
+    for code, trip in trips.items():
+        detail = trip.get("reason", "") if isinstance(trip, dict) else trip
+        out.write(f"  protection trip {code}: {detail}\n")
     for entry in history:
         out.write(
             f"  {entry['id']} {entry.get('from')} -> {entry.get('to')} "
@@ -449,7 +500,14 @@ def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     setup_logging()  # the TRADING_STATE_CHANGED line goes to stderr (journald under Ansible)
     client = _state_client(args)
     try:
-        change = set_state(client, target, reason, source=args.source)
+        if target is TradingState.ACTIVE:
+            # resume also re-arms the protections (new high-water mark, trips cleared).
+            change = protect.resume(client, reason, force=args.force, source=args.source).change
+        else:
+            change = set_state(client, target, reason, source=args.source)
+    except protect.ResumeRefused as exc:
+        err.write(f"resume: {exc}\n")
+        return EXIT_FAIL
     finally:
         client.close()
     data = {
@@ -467,6 +525,50 @@ def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(f"{change.after.value} already; nothing changed\n")
     return EXIT_OK
+
+
+def cmd_protect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args)
+    report = detect_mode(config.mode_env())
+    if args.interval >= config.protection_stale_seconds:
+        raise UsageError(
+            f"--interval={args.interval:g}: must be below PROTECTION_STALE_SECONDS="
+            f"{config.protection_stale_seconds}"
+        )
+    setup_logging()
+    try:
+        exchange = from_config(
+            config,
+            testnet=report.mode is not TradingMode.LIVE,
+            timeout_s=5.0,
+            max_attempts=1,
+            time_sync_s=config.exchange_time_sync_s,
+        )
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    client = _state_client(args)
+    protector = protect.Protector(
+        client,
+        exchange,
+        Limits.from_config(config),
+        enforce=report.mode is not TradingMode.LIVE or config.protection_live_enabled,
+        mode=report.mode.value,
+    )
+    stop = threading.Event()
+    if not args.once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        return protect.run(
+            protector,
+            once=args.once,
+            interval_s=args.interval,
+            as_json=args.json,
+            out=out,
+            stop=stop,
+        )
+    finally:
+        client.close()
 
 
 def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -564,7 +666,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--source", default="cli", choices=["cli", "playbook"], help=argparse.SUPPRESS
         )
-        p.set_defaults(func=cmd_set_state)
+        if name == "resume":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="also while the daily loss limit stands (it stays off until 00:00 UTC)",
+            )
+        p.set_defaults(func=cmd_set_state, force=False)
+
+    p = sub.add_parser(
+        "protect", parents=[common], help="poll equity and PnL; trip the protections (issue 14)"
+    )
+    p.add_argument("--once", action="store_true", help="one poll, then exit (a timer's run)")
+    p.add_argument(
+        "--interval", type=_seconds, default=30.0, metavar="S", help="between polls (30 s)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON line per poll")
+    p.add_argument("--redis-url", metavar="URL")
+    p.set_defaults(func=cmd_protect)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, config=None)

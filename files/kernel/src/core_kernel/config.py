@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from pydantic import (
     Field,
@@ -133,12 +133,41 @@ class KernelConfig(BaseSettings):
     # 20 is outside what an automated strategy here is meant to use (Binance allows up to 125).
     max_notional_usd: Decimal | None = Field(Decimal("50000"), alias="MAX_NOTIONAL_USD", gt=0)
     max_leverage: Decimal | None = Field(Decimal("20"), alias="MAX_LEVERAGE", ge=1, le=125)
+    # Automatic protections (issue 14, ``core-kernel protect``; README "Protections"). A USD
+    # loss limit only means something against the account's size: off until the operator sets
+    # one. A drawdown of 10 % from the peak fits any size and cannot trip on the lab's fake
+    # exchange, whose equity stays where a test puts it.
+    daily_loss_limit_usd: Decimal | None = Field(None, alias="DAILY_LOSS_LIMIT_USD", gt=0)
+    max_drawdown_pct: Decimal | None = Field(Decimal("10"), alias="MAX_DRAWDOWN_PCT", gt=0, lt=100)
+    protection_trip_state: str = Field("REDUCING", alias="PROTECTION_TRIP_STATE")
+    protection_stale_seconds: int = Field(300, alias="PROTECTION_STALE_SECONDS", ge=10, le=86400)
+    protection_live: str = Field("", alias="PROTECTION_LIVE")
+    # Limits on exchange data (mark price, positions): off by default, because every door
+    # without an exchange (the profit_gate API existing services call, evaluate, gate-proof's
+    # host) would then HOLD every entry for want of data. Turn them on where the reference
+    # worker sends the orders (it fetches the data). At most 1e9 USD: admit.lua sums them in
+    # micro-USD integers, exact in Lua's doubles (gates.to_micro).
+    price_collar_pct: Decimal | None = Field(None, alias="PRICE_COLLAR_PCT", gt=0, le=100)
+    max_position_usd: Decimal | None = Field(None, alias="MAX_POSITION_USD", gt=0, le=10**9)
+    max_gross_exposure_usd: Decimal | None = Field(
+        None, alias="MAX_GROSS_EXPOSURE_USD", gt=0, le=10**9
+    )
+    # Market data older than this is not used (the limit holds instead). Binance updates the
+    # mark price every second; 3 s allows one missed update plus a round trip.
+    market_data_max_age_ms: int = Field(3000, alias="MARKET_DATA_MAX_AGE_MS", ge=100, le=60000)
 
     @field_validator("binance_position_mode")
     @classmethod
     def _check_position_mode(cls, value: str) -> str:
         if value not in {"auto", "oneway", "hedge"}:
             raise ValueError("must be auto, oneway or hedge")
+        return value
+
+    @field_validator("protection_trip_state")
+    @classmethod
+    def _check_trip_state(cls, value: str) -> str:
+        if value not in {"REDUCING", "HALTED"}:
+            raise ValueError("must be REDUCING or HALTED")
         return value
 
     @field_validator("redis_durability")
@@ -186,7 +215,17 @@ class KernelConfig(BaseSettings):
         # unknown keys and per-key errors can be reported; the model only validates.
         return (init_settings,)
 
-    @field_validator("min_r_other", "max_notional_usd", "max_leverage", mode="before")
+    @field_validator(
+        "min_r_other",
+        "max_notional_usd",
+        "max_leverage",
+        "daily_loss_limit_usd",
+        "max_drawdown_pct",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "":
@@ -205,6 +244,11 @@ class KernelConfig(BaseSettings):
         "noise_bps",
         "max_notional_usd",
         "max_leverage",
+        "daily_loss_limit_usd",
+        "max_drawdown_pct",
+        "price_collar_pct",
+        "max_position_usd",
+        "max_gross_exposure_usd",
         mode="before",
     )
     @classmethod
@@ -227,6 +271,8 @@ class KernelConfig(BaseSettings):
         "max_intent_age_ms",
         "max_deliveries",
         "recovery_batch",
+        "protection_stale_seconds",
+        "market_data_max_age_ms",
         mode="before",
     )
     @classmethod
@@ -262,7 +308,7 @@ class KernelConfig(BaseSettings):
             raise ValueError("must be TESTNET or LIVE")
         return value
 
-    @field_validator("binance_testnet", "use_binance_testnet")
+    @field_validator("binance_testnet", "use_binance_testnet", "protection_live")
     @classmethod
     def _check_bool(cls, value: str) -> str:
         return _check_bool_text(value)
@@ -297,6 +343,11 @@ class KernelConfig(BaseSettings):
         """Stable consumer name: recovery claims into it and the worker reads as it."""
         return self.execution_consumer or f"{socket.gethostname()}:quantum-execution"
 
+    @property
+    def protection_live_enabled(self) -> bool:
+        """PROTECTION_LIVE: the automatic protections change the state in LIVE too."""
+        return self.protection_live.strip().lower() in TRUE_TEXTS
+
     def mode_env(self) -> dict[str, str]:
         return {
             "TRADING_MODE": self.trading_mode,
@@ -319,6 +370,9 @@ class KernelConfig(BaseSettings):
             max_intent_age_ms=self.max_intent_age_ms,
             max_notional_usd=self.max_notional_usd,
             max_leverage=self.max_leverage,
+            price_collar_pct=self.price_collar_pct,
+            max_position_usd=self.max_position_usd,
+            max_gross_exposure_usd=self.max_gross_exposure_usd,
         )
 
 
@@ -344,6 +398,43 @@ def check_redis_url(value: str) -> str:
         raise ValueError(f"database {db!r} is not a small integer")
     if port == 0:
         raise ValueError("port 0 is not a port")
+    return value
+
+
+#: keys whose value is a secret as a whole: never echoed, in an error or a dump
+SECRET_KEYS: frozenset[str] = frozenset({"BINANCE_API_KEY", "BINANCE_API_SECRET"})
+#: keys whose value is a URL that may carry a password
+URL_KEYS: frozenset[str] = frozenset({KERNEL_REDIS_URL_KEY, APP_REDIS_URL_KEY})
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (userinfo or ``?password=``) replaced by ``***``."""
+    try:
+        parsed = urlparse(url)
+        password = parsed.password
+        query = parse_qsl(parsed.query, keep_blank_values=True)
+    except ValueError:
+        return "<unparsable URL>" if "@" in url or "password" in url.lower() else url
+    if password is not None:
+        user = parsed.username or ""
+        host = parsed.netloc.rpartition("@")[2]
+        parsed = parsed._replace(netloc=f"{user}:***@{host}")
+    if any(k.lower() == "password" for k, _ in query):
+        masked = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+        parsed = parsed._replace(query=urlencode(masked, safe="*"))
+    text = parsed.geturl()
+    # urlunparse drops the empty authority of unix:///path; put it back for a faithful display
+    if url.startswith("unix://") and not text.startswith("unix://"):
+        text = "unix://" + text.removeprefix("unix:")
+    return text
+
+
+def shown(key: str, value: object) -> object:
+    """A config value as it may appear in an error, a log line or a dump."""
+    if key in SECRET_KEYS:
+        return "***" if value else value
+    if key in URL_KEYS and isinstance(value, str):
+        return redact_url(value)
     return value
 
 
@@ -468,6 +559,7 @@ def load_config(
             bad = values.get(key, err.get("input"))
             if key == KERNEL_REDIS_URL_KEY:
                 key = url_key
+            bad = shown(key, bad)
             reason = _reason(err)
             if isinstance(bad, str) and "#" in bad:
                 reason += " (inline comments are not allowed: systemd keeps them in the value)"

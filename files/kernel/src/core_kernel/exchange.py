@@ -306,6 +306,22 @@ class FuturesExchange:
             log.info(kv("EXCHANGE_POSITION_MODE", {"hedge": self._hedge}))
         return self._hedge
 
+    def account(self) -> Any:
+        """Account Information V2 (``GET /fapi/v2/account``, python-binance ``futures_account``),
+        as the exchange sent it: the caller validates (issue 14, protections)."""
+        self.server_now_ms()
+        return self._call(self.client.futures_account)
+
+    def income(self, start_ms: int, end_ms: int, limit: int = 1000) -> Any:
+        """Get Income History (``GET /fapi/v1/income``, ``futures_income_history``), all types,
+        ``startTime``/``endTime`` inclusive; unvalidated, like ``account``."""
+        self.server_now_ms()
+        return self._call(
+            lambda: self.client.futures_income_history(
+                startTime=start_ms, endTime=end_ms, limit=limit
+            )
+        )
+
     # exchangeInfo ---------------------------------------------------------------------------
     def filters(self, symbol: str, *, refresh: bool = False) -> SymbolFilters:
         with self._lock:

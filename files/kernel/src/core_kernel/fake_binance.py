@@ -25,6 +25,27 @@ the next N requests of their kind; the others hold while set:
 * ``clock_offset_ms`` (may be negative): the server clock is the host clock plus this.
 * ``order_rate_limit``: like ``rate_limit``, for New Order requests only.
 * ``dual_side``: 1 = hedge mode (also ``POST /fapi/v1/positionSide/dual``).
+* ``account_5xx`` / ``account_drop`` / ``account_garbage`` (issue 14, counted): the account
+  reads (``GET /fapi/v2/account``, ``/fapi/v1/income``) answer 503, drop the connection, or
+  answer 200 with balances that are not numbers.
+
+The account (issue 14): ``GET /fapi/v2/account`` serves the balances set by ``POST /_account``
+(``{"wallet": "10000", "unrealized": "0"}``, numbers as strings as Binance sends them; the
+default is a 10000 USDT wallet and no position) and ``GET /fapi/v1/income`` the income entries
+added by ``POST /_income`` (one entry or a list: ``incomeType``, ``income``, optional ``time``
+ms - default now - and ``symbol``), filtered by ``incomeType``/``startTime``/``endTime``
+(inclusive), oldest first, at most ``limit`` (default 100, max 1000) from ``startTime`` on.
+* market data (issue 14): ``mark_5xx`` / ``position_5xx`` (counted) answer premiumIndex /
+  positionRisk with 503; ``mark_garbage`` / ``position_garbage`` (held) answer numbers that
+  are not numbers; ``mark_delay_ms`` / ``position_delay_ms`` delay only those answers (a
+  client timeout); ``mark_stale_ms`` dates the mark price that much in the past.
+
+Market data: ``GET /fapi/v1/premiumIndex`` (one symbol, or all without ``symbol``) and signed
+``GET /fapi/v3/positionRisk`` (rows for symbols with a position, Binance's field names,
+numbers as strings). A MARKET order that fills moves the position (BUY adds, SELL subtracts,
+per ``positionSide``) at the mark price. ``POST /_market`` sets mark prices and positions
+during a test: ``{"mark_price": {"ETHUSDT": "3500"}, "positions": {"ETHUSDT": "-0.5",
+"BTCUSDT:LONG": "1"}}``.
 
 Every signed request is checked against the server clock as Binance does: rejected with -1021
 when its ``timestamp`` is more than 1000 ms ahead, or when ``timestamp + recvWindow`` has passed
@@ -84,6 +105,16 @@ FAULT_KEYS = (
     "clock_offset_ms",
     "dual_side",
     "order_rate_limit",
+    "account_5xx",
+    "account_drop",
+    "account_garbage",
+    "mark_5xx",
+    "mark_garbage",
+    "mark_delay_ms",
+    "mark_stale_ms",
+    "position_5xx",
+    "position_garbage",
+    "position_delay_ms",
 )
 # The only switch that may be negative: a server clock behind the host's.
 SIGNED_KEYS = frozenset({"clock_offset_ms"})
@@ -92,6 +123,8 @@ DEFAULT_RECV_WINDOW_MS = 5000
 MAX_RECV_WINDOW_MS = 60000
 # Binance accepts a timestamp at most this far ahead of its clock.
 MAX_AHEAD_MS = 1000
+#: The account the fake serves until a test sets another (USDT).
+DEFAULT_WALLET = Decimal("10000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +201,16 @@ class Faults:
     clock_offset_ms: int = 0
     dual_side: int = 0
     order_rate_limit: int = 0
+    account_5xx: int = 0
+    account_drop: int = 0
+    account_garbage: int = 0
+    mark_5xx: int = 0
+    mark_garbage: int = 0
+    mark_delay_ms: int = 0
+    mark_stale_ms: int = 0
+    position_5xx: int = 0
+    position_garbage: int = 0
+    position_delay_ms: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in FAULT_KEYS}
@@ -189,6 +232,16 @@ class FakeState:
     stats: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_id: int = 1_000_000
+    wallet: Decimal = DEFAULT_WALLET
+    unrealized: Decimal = Decimal(0)
+    income: list[dict[str, Any]] = field(default_factory=list)
+    #: mark price per symbol (from the specs, changed by ``POST /_market``)
+    marks: dict[str, Decimal] = field(default_factory=dict)
+    #: (symbol, positionSide) -> signed positionAmt, entry price
+    positions: dict[tuple[str, str], tuple[Decimal, Decimal]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.marks = {s: Decimal(spec.mark_price) for s, spec in self.symbols.items()}
 
     def now_ms(self) -> int:
         """The server clock: the host clock plus ``clock_offset_ms``."""
@@ -418,15 +471,89 @@ class _Handler(BaseHTTPRequestHandler):
                     setattr(state.faults, key, value)
                 self._send(200, state.faults.to_dict())
             return
+        if path == "/_market" and method == "POST":
+            with state.lock:
+                self._send(200, _set_market(state, body))
+            return
         if path == "/_reset" and method == "POST":
             with state.lock:
+                state.positions.clear()
+                state.marks = {s: Decimal(sp.mark_price) for s, sp in state.symbols.items()}
                 state.orders.clear()
                 state.algo_orders.clear()
                 state.stats.clear()
                 state.faults = Faults()
+                state.wallet, state.unrealized = DEFAULT_WALLET, Decimal(0)
+                state.income.clear()
                 self._send(200, {"reset": True})
             return
+        if path in ("/_account", "/_income") and method == "POST":
+            self._control_account(path, body)
+            return
         raise ApiError(404, -1, f"{method} {path}: no such control endpoint")
+
+    def _control_account(self, path: str, body: str) -> None:
+        state = self.state
+        try:
+            values = json.loads(body or "{}")
+        except ValueError:
+            raise ApiError(400, -1, "body: not JSON") from None
+        if path == "/_account":
+            if not isinstance(values, dict) or set(values) - {"wallet", "unrealized"}:
+                raise ApiError(400, -1, "body: a JSON object with wallet and/or unrealized")
+            parsed = {k: _control_dec(k, v) for k, v in values.items()}
+            with state.lock:
+                state.wallet = parsed.get("wallet", state.wallet)
+                state.unrealized = parsed.get("unrealized", state.unrealized)
+                self._send(200, _account(state))
+            return
+        entries = values if isinstance(values, list) else [values]
+        added = []
+        with state.lock:
+            for entry in entries:
+                if not isinstance(entry, dict) or not isinstance(entry.get("incomeType"), str):
+                    raise ApiError(400, -1, "entry: a JSON object with incomeType and income")
+                raw_time = entry.get("time", state.now_ms())
+                if not isinstance(raw_time, int) or isinstance(raw_time, bool):
+                    raise ApiError(400, -1, "time: must be an integer (ms)")
+                state.next_id += 1
+                added.append(
+                    {
+                        "symbol": str(entry.get("symbol", "")),
+                        "incomeType": entry["incomeType"],
+                        "income": str(_control_dec("income", entry.get("income"))),
+                        "asset": "USDT",
+                        "info": entry["incomeType"],
+                        "time": raw_time,
+                        "tranId": state.next_id,
+                        "tradeId": "",
+                    }
+                )
+            state.income.extend(added)
+            state.income.sort(key=lambda e: int(e["time"]))
+            self._send(200, added)
+
+    def _account_read(self, method: str, path: str, query: str, body: str, delay: int) -> None:
+        state = self.state
+        params = self._signed_params(query, body)
+        with state.lock:
+            state.count("account_reads")
+            if state.take("account_5xx"):
+                raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+            drop = state.take("account_drop")
+            garbage = state.take("account_garbage")
+            if path == "/fapi/v2/account":
+                answer: Any = _account(state)
+                if garbage:
+                    answer.update(totalMarginBalance="NaN", totalWalletBalance="1,000.00")
+            else:
+                answer = _income(state.income, params)
+                if garbage:
+                    answer = [{"incomeType": "REALIZED_PNL", "income": "lots", "time": "x"}]
+        if drop:
+            self._drop()
+            return
+        self._after_delay(delay, 200, answer)
 
     # API -----------------------------------------------------------------------------------
     def _signed_params(self, query: str, body: str) -> dict[str, str]:
@@ -481,6 +608,16 @@ class _Handler(BaseHTTPRequestHandler):
                     answer = {"dualSidePosition": bool(state.faults.dual_side)}
             self._after_delay(delay_ms, 200, answer)
             return
+        if method == "GET" and path in ("/fapi/v2/account", "/fapi/v1/income"):
+            self._account_read(method, path, query, body, delay_ms)
+            return
+        if path == "/fapi/v1/premiumIndex" and method == "GET":
+            self._premium_index(dict(parse_qsl(query)), delay_ms)
+            return
+        if path == "/fapi/v3/positionRisk" and method == "GET":
+            self._signed_params(query, body)
+            self._position_risk(delay_ms)
+            return
         if path in ("/fapi/v1/order", "/fapi/v1/algoOrder"):
             algo = path.endswith("algoOrder")
             params = self._signed_params(query, body)
@@ -491,6 +628,47 @@ class _Handler(BaseHTTPRequestHandler):
                 self._query_order(params, algo, delay_ms)
                 return
         raise ApiError(404, -1, f"{method} {path}: not implemented by the fake")
+
+    def _premium_index(self, params: dict[str, str], delay_ms: int) -> None:
+        state = self.state
+        symbol = params.get("symbol")
+        with state.lock:
+            state.count("mark_price_requests")
+            if symbol is not None and symbol not in state.marks:
+                raise ApiError(400, -1121, "Invalid symbol.")
+            fail = state.take("mark_5xx")
+            garbage = bool(state.faults.mark_garbage)
+            delay = delay_ms + state.faults.mark_delay_ms
+            stamp = state.now_ms() - state.faults.mark_stale_ms
+            rows = [
+                _premium_row(s, m, stamp, garbage)
+                for s, m in state.marks.items()
+                if symbol is None or s == symbol
+            ]
+        if fail:
+            time.sleep(delay / 1000)
+            raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+        self._after_delay(delay, 200, rows[0] if symbol is not None else rows)
+
+    def _position_risk(self, delay_ms: int) -> None:
+        state = self.state
+        with state.lock:
+            state.count("position_requests")
+            fail = state.take("position_5xx")
+            garbage = bool(state.faults.position_garbage)
+            delay = delay_ms + state.faults.position_delay_ms
+            now = state.now_ms()
+            rows = [
+                _position_row(sym, side, amt, entry, state.marks.get(sym, Decimal(0)), now)
+                for (sym, side), (amt, entry) in sorted(state.positions.items())
+                if amt != 0
+            ]
+        if garbage:
+            rows = [{**r, "notional": "n/a", "positionAmt": ""} for r in rows] or [{"oops": 1}]
+        if fail:
+            time.sleep(delay / 1000)
+            raise ApiError(503, -1000, "Unknown error, please check your request or try again.")
+        self._after_delay(delay, 200, rows)
 
     def _after_delay(self, delay_ms: int, status: int, body: Any) -> None:
         if delay_ms:
@@ -649,6 +827,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     with state.lock:
         spec = state.symbols.get(symbol)
         hedge = bool(state.faults.dual_side)
+        mark = state.marks.get(symbol, Decimal(0))
     if spec is None:
         raise ApiError(400, -1121, "Invalid symbol.")
     if side not in {"BUY", "SELL"}:
@@ -674,7 +853,7 @@ def _validate_order(state: FakeState, params: dict[str, str], algo: bool) -> dic
     for value in (price, trigger):
         if value is not None and not _multiple(value, Decimal(spec.tick_size)):
             raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
-    ref = price or trigger or (Decimal(spec.mark_price) if Decimal(spec.mark_price) > 0 else None)
+    ref = price or trigger or (mark if mark > 0 else None)
     if not reduce_only and ref is not None and qty * ref < Decimal(spec.min_notional):
         raise ApiError(
             400,
@@ -732,6 +911,99 @@ def _accept(state: FakeState, order: dict[str, Any], algo: bool) -> None:
         )
     book.append(order)
     state.count("orders_accepted")
+    if filled:
+        _fill_position(state, order)
+
+
+def _fill_position(state: FakeState, order: dict[str, Any]) -> None:
+    """A filled order moves its position at the mark price (caller holds the lock)."""
+    key = (order["symbol"], order["positionSide"])
+    qty = Decimal(order["origQty"])
+    delta = qty if order["side"] == "BUY" else -qty
+    mark = state.marks.get(order["symbol"], Decimal(0))
+    amt, entry = state.positions.get(key, (Decimal(0), Decimal(0)))
+    new = amt + delta
+    if new == 0:
+        entry = Decimal(0)
+    elif amt == 0 or (amt > 0) != (new > 0):
+        entry = mark
+    elif abs(new) > abs(amt):
+        entry = (abs(amt) * entry + qty * mark) / abs(new)
+    state.positions[key] = (new, entry)
+
+
+def _premium_row(symbol: str, mark: Decimal, stamp: int, garbage: bool) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "markPrice": "NaN" if garbage else f"{mark:f}",
+        "indexPrice": f"{mark:f}",
+        "estimatedSettlePrice": f"{mark:f}",
+        "lastFundingRate": "0.00010000",
+        "interestRate": "0.00010000",
+        "nextFundingTime": (stamp // 28_800_000 + 1) * 28_800_000,
+        "time": "yesterday" if garbage else stamp,
+    }
+
+
+def _position_row(  # noqa: PLR0917 - one row's parts
+    symbol: str, side: str, amt: Decimal, entry: Decimal, mark: Decimal, now: int
+) -> dict[str, Any]:
+    notional = amt * mark
+    return {
+        "symbol": symbol,
+        "positionSide": side,
+        "positionAmt": f"{amt:f}",
+        "entryPrice": f"{entry:f}",
+        "breakEvenPrice": f"{entry:f}",
+        "markPrice": f"{mark:f}",
+        "unRealizedProfit": f"{(mark - entry) * amt:f}",
+        "liquidationPrice": "0",
+        "isolatedMargin": "0",
+        "notional": f"{notional:f}",
+        "marginAsset": "USDT",
+        "isolatedWallet": "0",
+        "initialMargin": "0",
+        "maintMargin": "0",
+        "positionInitialMargin": "0",
+        "openOrderInitialMargin": "0",
+        "adl": 0,
+        "bidNotional": "0",
+        "askNotional": "0",
+        "updateTime": now,
+    }
+
+
+def _set_market(state: FakeState, body: str) -> dict[str, Any]:
+    """``POST /_market`` (caller holds the lock): set mark prices and positions."""
+    try:
+        values = json.loads(body or "{}")
+    except ValueError:
+        raise ApiError(400, -1, "body: not JSON") from None
+    if not isinstance(values, dict) or set(values) - {"mark_price", "positions"}:
+        raise ApiError(400, -1, "body: an object with mark_price and/or positions")
+    marks, positions = values.get("mark_price", {}), values.get("positions", {})
+    if not isinstance(marks, dict) or not isinstance(positions, dict):
+        raise ApiError(400, -1, "mark_price, positions: objects of symbol -> decimal string")
+    try:
+        new_marks = {str(k): Decimal(str(v)) for k, v in marks.items()}
+        new_pos = {str(k): Decimal(str(v)) for k, v in positions.items()}
+    except InvalidOperation:
+        raise ApiError(400, -1, "mark_price, positions: values must be decimal strings") from None
+    for sym, mark in new_marks.items():
+        if sym not in state.symbols or not mark.is_finite() or mark <= 0:
+            raise ApiError(400, -1, f"mark_price {sym}: a listed symbol and a price > 0")
+    for key, amt in new_pos.items():
+        sym, _, side = key.partition(":")
+        if sym not in state.symbols or side not in {"", "LONG", "SHORT"} or not amt.is_finite():
+            raise ApiError(400, -1, f"positions {key}: SYMBOL or SYMBOL:LONG/SHORT -> amount")
+    state.marks.update(new_marks)
+    for key, amt in new_pos.items():
+        sym, _, side = key.partition(":")
+        state.positions[(sym, side or "BOTH")] = (amt, state.marks[sym] if amt else Decimal(0))
+    return {
+        "mark_price": {k: f"{v:f}" for k, v in state.marks.items()},
+        "positions": {f"{s}:{p}": f"{a:f}" for (s, p), (a, _) in state.positions.items()},
+    }
 
 
 def _accept_if_in_window(
@@ -752,6 +1024,81 @@ def _accept_if_in_window(
 def _late_accept(state: FakeState, order: dict[str, Any], algo: bool, window: _Window) -> None:
     with state.lock:
         _accept_if_in_window(state, order, algo, window)
+
+
+def _control_dec(name: str, value: Any) -> Decimal:
+    try:
+        out = Decimal(str(value))
+    except InvalidOperation:
+        raise ApiError(400, -1, f"{name}: not a number") from None
+    if not out.is_finite():
+        raise ApiError(400, -1, f"{name}: not a finite number")
+    return out
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.8f}"
+
+
+def _account(state: FakeState) -> dict[str, Any]:
+    """Account Information V2, single-asset mode, USDT only (caller holds the lock)."""
+    wallet, upnl = state.wallet, state.unrealized
+    margin = wallet + upnl
+    zero = _money(Decimal(0))
+    return {
+        "feeTier": 0,
+        "canTrade": True,
+        "canDeposit": True,
+        "canWithdraw": True,
+        "updateTime": 0,
+        "multiAssetsMargin": False,
+        "totalInitialMargin": zero,
+        "totalMaintMargin": zero,
+        "totalWalletBalance": _money(wallet),
+        "totalUnrealizedProfit": _money(upnl),
+        "totalMarginBalance": _money(margin),
+        "totalPositionInitialMargin": zero,
+        "totalOpenOrderInitialMargin": zero,
+        "totalCrossWalletBalance": _money(wallet),
+        "totalCrossUnPnl": _money(upnl),
+        "availableBalance": _money(margin),
+        "maxWithdrawAmount": _money(margin),
+        "assets": [
+            {
+                "asset": "USDT",
+                "walletBalance": _money(wallet),
+                "unrealizedProfit": _money(upnl),
+                "marginBalance": _money(margin),
+                "maintMargin": zero,
+                "initialMargin": zero,
+                "crossWalletBalance": _money(wallet),
+                "crossUnPnl": _money(upnl),
+                "availableBalance": _money(margin),
+                "maxWithdrawAmount": _money(margin),
+                "updateTime": 0,
+            }
+        ],
+        "positions": [],
+    }
+
+
+def _income(entries: list[dict[str, Any]], params: dict[str, str]) -> list[dict[str, Any]]:
+    """Get Income History: inclusive time bounds, oldest first, ``limit`` from ``startTime``."""
+    try:
+        start = int(params.get("startTime", "0"))
+        end = int(params.get("endTime", str(2**62)))
+        limit = int(params.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+    kind = params.get("incomeType")
+    found = [
+        dict(e)
+        for e in entries
+        if start <= int(e["time"]) <= end and (kind is None or e["incomeType"] == kind)
+    ]
+    return found[:limit]
 
 
 def id_key_out(algo: bool) -> str:

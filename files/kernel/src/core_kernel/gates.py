@@ -14,7 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from decimal import getcontext as _getcontext
 from decimal import setcontext as _setcontext
 from enum import Enum, StrEnum
@@ -30,6 +38,7 @@ __all__ = [
     "GateVerdict",
     "Intent",
     "IntentError",
+    "Market",
     "Partial",
     "Reason",
     "StateOutcome",
@@ -49,6 +58,8 @@ class Reason(StrEnum):
     INTENT_EXPIRED = "INTENT_EXPIRED"
     MAX_NOTIONAL = "MAX_NOTIONAL"
     MAX_LEVERAGE = "MAX_LEVERAGE"
+    PRICE_COLLAR = "PRICE_COLLAR"
+    MAX_POSITION = "MAX_POSITION"
     MIN_NOTIONAL = "MIN_NOTIONAL"
     EDGE_TOO_SMALL = "EDGE_TOO_SMALL"
     COOLDOWN = "COOLDOWN"
@@ -73,6 +84,8 @@ REASON_ORDER: tuple[Reason, ...] = (
     Reason.INTENT_EXPIRED,
     Reason.MAX_NOTIONAL,
     Reason.MAX_LEVERAGE,
+    Reason.PRICE_COLLAR,
+    Reason.MAX_POSITION,
     Reason.MIN_NOTIONAL,
     Reason.EDGE_TOO_SMALL,
     Reason.COOLDOWN,
@@ -100,6 +113,8 @@ _UNAVAILABLE = Reason.STATE_UNAVAILABLE
 _MIN_NOTIONAL = Reason.MIN_NOTIONAL
 _MAX_NOTIONAL = Reason.MAX_NOTIONAL
 _MAX_LEVERAGE = Reason.MAX_LEVERAGE
+_COLLAR = Reason.PRICE_COLLAR
+_MAX_POSITION = Reason.MAX_POSITION
 _EDGE = Reason.EDGE_TOO_SMALL
 _COOLDOWN = Reason.COOLDOWN
 _RATE_LIMIT = Reason.RATE_LIMIT
@@ -169,6 +184,10 @@ class GateParams:
     #: fat-finger limits (issue 14); None = off
     max_notional_usd: Decimal | None = None
     max_leverage: Decimal | None = None
+    #: exchange-data limits (issue 14); None = off
+    price_collar_pct: Decimal | None = None
+    max_position_usd: Decimal | None = None
+    max_gross_exposure_usd: Decimal | None = None
     _allowed_lc: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
     _edge_factor: Decimal = field(init=False, repr=False, compare=False)
 
@@ -204,6 +223,37 @@ class StateOutcome(NamedTuple):
     since_ms: int | None = None
     trades: int = 0
     age_ms: int | None = None
+    #: MAX_POSITION counting orders in flight (admit.lua); the in-flight sums in micro-USD
+    exposure: bool = False
+    inflight_micro: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """What the exchange said, for the limits that need it (issue 14): PRICE_COLLAR and
+    MAX_POSITION. None = not known, and the ``*_error`` says why (unavailable, stale, garbage):
+    the limit then holds (fail-closed). ``position_usd`` is the absolute notional of the
+    symbol's position (both sides in hedge mode), ``gross_usd`` the sum over all symbols.
+    """
+
+    mark_price: Decimal | None = None
+    position_usd: Decimal | None = None
+    gross_usd: Decimal | None = None
+    mark_error: str | None = None
+    position_error: str | None = None
+
+
+#: MAX_POSITION's amounts go to admit.lua as integers of 1e-6 USD: exact in Lua's doubles up
+#: to 9e9 USD (limits are at most 1e9 USD); larger amounts are clamped, which cannot change a
+#: comparison with a limit below them.
+MICRO_USD = Decimal("0.000001")
+_MICRO_CAP = 2 * 10**15
+
+
+def to_micro(amount: Decimal, *, up: bool) -> int:
+    """USD -> integer micro-USD, rounded up for amounts counted (conservative), down for limits."""
+    q = amount.quantize(MICRO_USD, rounding=ROUND_CEILING if up else ROUND_FLOOR, context=_CTX)
+    return min(int(q.scaleb(6, context=_CTX)), _MICRO_CAP)
 
 
 @dataclass(slots=True)
@@ -257,6 +307,9 @@ class Partial:
     ctx: dict[str, Any]
     exit_only: bool
     trace_id: str | None = None
+    #: MAX_POSITION's input for admit.lua (micro-USD: position, gross, this order); None = the
+    #: limit is off, or its data is missing (then it already failed here)
+    exposure: tuple[int, int, int] | None = None
 
     def passes_without_state(self, mode: TradingMode) -> bool:
         """Would the verdict be PASS if the state gates pass? (The one bit admit's script needs.)"""
@@ -287,9 +340,10 @@ def evaluate(
     params: GateParams,
     mode: TradingMode,
     state: StateOutcome | None = None,
+    market: Market | None = None,
 ) -> Decision:
     """Judge one intent with a known state outcome (None: no state gate applies)."""
-    return finish(judge(intent, params, mode), params, mode, state)
+    return finish(judge(intent, params, mode, market), params, mode, state)
 
 
 #: The trading state names (the ``trading_state`` module holds the enum; gates stays I/O-free).
@@ -361,6 +415,11 @@ def finish(
                 failed.add(_COOLDOWN)
             if state.rate:
                 failed.add(_RATE_LIMIT)
+            if state.exposure:
+                failed.add(_MAX_POSITION)
+            if state.inflight_micro is not None:
+                ctx["inflight_position_usd"] = Decimal(state.inflight_micro[0]).scaleb(-6)
+                ctx["inflight_gross_usd"] = Decimal(state.inflight_micro[1]).scaleb(-6)
     enforce = mode is not _LIVE
     if failed:
         reasons = tuple(r for r in REASON_ORDER if r in failed)
@@ -378,14 +437,24 @@ def finish(
     return Decision(verdict, reasons, primary, enforce, mode, ctx, trace_id=partial.trace_id)
 
 
-def judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
-    """The four gates that need only the intent and the config, exactly, in Decimal."""
+def judge(
+    intent: Intent, params: GateParams, mode: TradingMode, market: Market | None = None
+) -> Partial:
+    """The gates that need only the intent, the config and (the exchange-data limits) what the
+    exchange said (``market``), exactly, in Decimal."""
     # The arithmetic runs in _CTX (exact for bounded inputs) through the plain operators, which
     # are 2-3x cheaper than _CTX.multiply(...); the caller's context is restored either way.
     caller_ctx = _getcontext()
     _setcontext(_CTX)
     try:
-        return _judge(intent, params, mode)
+        partial = _judge(intent, params, mode)
+        if not partial.exit_only and (
+            params.price_collar_pct is not None
+            or params.max_position_usd is not None
+            or params.max_gross_exposure_usd is not None
+        ):
+            _market_limits(intent, params, market, partial)
+        return partial
     finally:
         _setcontext(caller_ctx)
 
@@ -447,6 +516,66 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
     return Partial(failed, ctx, exit_only, intent.trace_id)
 
 
+def _market_limits(
+    intent: Intent, params: GateParams, market: Market | None, partial: Partial
+) -> None:
+    """PRICE_COLLAR and MAX_POSITION (issue 14), entries only; no data = the limit holds.
+
+    Collar: |price - mark| x 100 > PRICE_COLLAR_PCT x mark. Position: the exchange's position
+    notional (absolute) + this order's notional (price x qty) must stay within
+    MAX_POSITION_USD, and the gross exposure + it within MAX_GROSS_EXPOSURE_USD - an upper
+    bound of the resulting exposure whatever the side. admit.lua checks the same sums with the
+    orders in flight added (``partial.exposure``), atomically.
+    """
+    failed, ctx = partial.failed, partial.ctx
+    price = intent.price
+    notional = price * intent.qty
+    pct = params.price_collar_pct
+    mark = None if market is None else market.mark_price
+    if pct is not None:
+        ctx["price_collar_pct"] = pct
+        if mark is None:
+            ctx["mark_price_error"] = (
+                "no market data"
+                if market is None or market.mark_error is None
+                else market.mark_error
+            )
+            failed.add(_COLLAR)
+        else:
+            ctx["mark_price"] = mark
+            ctx["price_deviation_pct"] = _DISPLAY.divide(abs(price - mark) * 100, mark)
+            if abs(price - mark) * 100 > pct * mark:
+                failed.add(_COLLAR)
+    max_pos, max_gross = params.max_position_usd, params.max_gross_exposure_usd
+    if max_pos is None and max_gross is None:
+        return
+    ctx["max_position_usd"] = max_pos
+    ctx["max_gross_exposure_usd"] = max_gross
+    pos = None if market is None else market.position_usd
+    gross = None if market is None else market.gross_usd
+    if pos is None or gross is None:
+        ctx["position_error"] = (
+            "no position data"
+            if market is None or market.position_error is None
+            else market.position_error
+        )
+        failed.add(_MAX_POSITION)
+        return
+    ctx["position_notional_usd"] = pos
+    ctx["gross_exposure_usd"] = gross
+    ctx["resulting_position_usd"] = pos + notional
+    ctx["resulting_gross_usd"] = gross + notional
+    if (max_pos is not None and pos + notional > max_pos) or (
+        max_gross is not None and gross + notional > max_gross
+    ):
+        failed.add(_MAX_POSITION)
+    partial.exposure = (
+        to_micro(pos, up=True),
+        to_micro(gross, up=True),
+        to_micro(notional, up=True),
+    )
+
+
 def log_fields(decision: Decision) -> list[tuple[str, object]]:
     """The key=value fields of the GATE_* log line for a decision."""
     c = decision.context
@@ -461,7 +590,16 @@ def log_fields(decision: Decision) -> list[tuple[str, object]]:
         ("enforced", decision.enforced),
         ("replayed", decision.replayed),
     ]
-    for key in ("notional_usd", "required_edge_usd", "expected_move_usd", "r", "min_r"):
+    for key in (
+        "notional_usd",
+        "required_edge_usd",
+        "expected_move_usd",
+        "r",
+        "min_r",
+        "mark_price",
+        "resulting_position_usd",
+        "resulting_gross_usd",
+    ):
         if key in c:
             fields.append((key, c[key]))
     for key in (

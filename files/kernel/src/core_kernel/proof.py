@@ -3,6 +3,10 @@ trade, a LIVE audit case, the trading states (issue 14) and a malformed input - 
 ``admit`` on a real Redis, under keys of their own (``quantum:proof:<random>:``) that are
 removed afterwards.
 
+The limits on exchange data (PRICE_COLLAR, MAX_POSITION) get the proof's own market: the mark
+price is each intent's price and the account flat, except in their own cases (the proof reads
+nothing from an exchange).
+
 Case inputs are derived from the configured thresholds, so the proof checks the gates as
 deployed; a threshold that makes a case impossible (e.g. ``MIN_NOTIONAL_USD=0``) fails it.
 """
@@ -18,7 +22,8 @@ from typing import Any
 import redis
 
 from core_kernel.config import KernelConfig
-from core_kernel.gates import Decision, GateVerdict, Reason
+from core_kernel.gates import Decision, GateVerdict, Market, Reason
+from core_kernel.intent import Intent
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.store import KernelStore
 from core_kernel.trading_state import TradingState, state_key
@@ -106,6 +111,60 @@ class _Builder:
         return fields
 
 
+class _ProofStore(KernelStore):
+    """An entry with no market given sees a flat account and a mark at its own price."""
+
+    def admit(
+        self, intent: Intent, *, entry_id: str | None = None, market: Market | None = None
+    ) -> Decision:
+        if market is None and not intent.reduce_only:
+            market = Market(intent.price, Decimal(0), Decimal(0))
+        return super().admit(intent, entry_id=entry_id, market=market)
+
+
+def _market_cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
+    """PRICE_COLLAR and MAX_POSITION, each when configured, on markets of their own."""
+    p = b.p
+    if p.price_collar_pct is not None:
+        # A tenth of the price: 900 % off, beyond any PRICE_COLLAR_PCT (<= 100), and exact.
+        far = b.price / 10
+        collar_market = Market(far, Decimal(0), Decimal(0))
+
+        def collar(store: KernelStore) -> Decision:
+            return store.admit_mapping(b.intent("p-collar"), market=collar_market)
+
+        yield (
+            "PRICE_COLLAR",
+            f"price {b.price} vs mark {far}: 900% off, PRICE_COLLAR_PCT={p.price_collar_pct}",
+            "HOLD",
+            [Reason.PRICE_COLLAR],
+            collar,
+        )
+    if p.max_position_usd is not None or p.max_gross_exposure_usd is not None:
+
+        def position(store: KernelStore) -> Decision:
+            # The first entry fills the room exactly and stays in flight; the second, on the
+            # same numbers from the exchange, must see it (admit.lua counts it).
+            room = min(x for x in (p.max_position_usd, p.max_gross_exposure_usd) if x)
+            held = room - b.price * b.qty
+            market = Market(b.price, held, held)
+            first = store.admit_mapping(b.intent("p-position-1", "BTCUSDT"), market=market)
+            if first.verdict is not GateVerdict.PASS:
+                raise RuntimeError(f"setup entry held: {first.codes}")
+            # Only this gate may fail: the proof's own cooldown and rate keys are forgotten.
+            store.redis.delete(store.last_trade_key("BTCUSDT"), store.trades_key)
+            return store.admit_mapping(b.intent("p-position-2", "BTCUSDT"), market=market)
+
+        yield (
+            "MAX_POSITION",
+            "an entry that fits the exchange's position, after one that filled the room is in "
+            "flight",
+            "HOLD",
+            [Reason.MAX_POSITION],
+            position,
+        )
+
+
 def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
     p = b.p
 
@@ -186,11 +245,17 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
     if p.max_notional_usd is not None:
         big_qty = (p.max_notional_usd * 2 / b.price).quantize(Decimal("0.001"), ROUND_CEILING)
         big = b.price * big_qty
+        # An order that large may break the position limits too: they then say so as well.
+        also = [
+            Reason.MAX_POSITION
+            for limit in (p.max_position_usd, p.max_gross_exposure_usd)
+            if limit is not None and big > limit
+        ][:1]
         yield (
             "MAX_NOTIONAL",
             f"notional {big} > MAX_NOTIONAL_USD={p.max_notional_usd}",
             "HOLD",
-            [Reason.MAX_NOTIONAL],
+            [Reason.MAX_NOTIONAL, *also],
             single(
                 b.intent(
                     "p-max-notional",
@@ -207,6 +272,7 @@ def _cases(b: _Builder) -> Iterator[tuple[str, str, str, list[Reason], Any]]:
             [Reason.MAX_LEVERAGE],
             single(b.intent("p-max-leverage", leverage=p.max_leverage + 1)),
         )
+    yield from _market_cases(b)
     yield (
         "VALID_TRADE",
         f"notional {notional}, R={p.min_r_trend} exactly, {b.trend_model} in TREND",
@@ -305,7 +371,7 @@ def run_proof(client: redis.Redis, config: KernelConfig) -> list[CaseResult]:
                         return store.admit_mapping(_i)
 
                     action = run
-            store = KernelStore(client, config, report_for(mode), key_prefix=prefix)
+            store = _ProofStore(client, config, report_for(mode), key_prefix=prefix)
             try:
                 decision = action(store)
             except (RuntimeError, redis.ResponseError) as exc:

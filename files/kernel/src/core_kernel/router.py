@@ -31,7 +31,7 @@ import redis
 from redis.client import NEVER_DECODE
 
 from core_kernel import consume, streams
-from core_kernel.config import KernelConfig, check_redis_url, load_service_config
+from core_kernel.config import KernelConfig, check_redis_url, load_service_config, redact_url
 from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
 from core_kernel.worker import sd_notify
@@ -343,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_service_config(args.config, sys.stderr)
     if config is None:
         return 2
-    url = args.redis_url or config.redis_url
-    url_key = "--redis-url" if args.redis_url else config.redis_url_key
+    redis_url = args.redis_url or config.redis_url
+    # Named in errors without its password; the variable is not reused for the exchange URL.
+    where = f"{'--redis-url' if args.redis_url else config.redis_url_key}={redact_url(redis_url)}"
     try:
-        client = streams.make_client(check_redis_url(url), socket_timeout=30)
+        client = streams.make_client(check_redis_url(redis_url), socket_timeout=30)
     except ValueError as exc:
-        print(f"{url_key}={url}: {exc}", file=sys.stderr)
+        print(f"{where}: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "publish":
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(summary, sys.stdout)
         return 0 if summary.get("ok", True) is True and summary.get("complete", True) is True else 1
     except redis.RedisError as exc:
-        print(f"{url_key}={url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from string import Template
 from typing import Any
 
@@ -33,7 +33,8 @@ from redis.exceptions import NoScriptError
 
 from core_kernel import gates
 from core_kernel.config import KernelConfig
-from core_kernel.gates import Decision, GateVerdict, Reason, StateOutcome
+from core_kernel.gates import Decision, GateVerdict, Market, Reason, StateOutcome
+from core_kernel.inflight import expiry_key, inflight_key, inflight_ttl_ms
 from core_kernel.intent import (
     Intent,
     IntentError,
@@ -51,10 +52,12 @@ log = logging.getLogger("core_kernel.gates")
 
 _PASS, _HOLD = GateVerdict.PASS, GateVerdict.HOLD
 _STORED = re.compile(
-    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?[TU]?)\|([0-9]{0,15})\|"
+    r"k1\|([PH])\|([0-9]{1,15})\|([0-9]{0,15})\|([0-9]{1,15})\|(C?R?E?K?X?[TU]?)\|([0-9]{0,15})\|"
     r"([\.A-Z\:/a-z0-9_-]{1,36})"
 )
 _STATE_HOLDS = frozenset({Reason.TRADING_HALTED, Reason.REDUCING_ONLY})
+#: Judged on the exchange's data now; a replay takes them from its stored bits (K, X) instead.
+_MARKET_HOLDS = frozenset({Reason.PRICE_COLLAR, Reason.MAX_POSITION})
 _NO_TRACE = IntentError({"trace_id": "missing (admit needs it to deduplicate orders)"})
 
 
@@ -101,6 +104,9 @@ class KernelStore:
         self.state_key = state_key(key_prefix)
         self._last_trade_prefix = f"{key_prefix}kernel:last_trade:"
         self._order_prefix = order_dedup_key("", key_prefix)
+        self.inflight_key = inflight_key(key_prefix)
+        self.inflight_expiry_key = expiry_key(key_prefix)
+        self._inflight_ttl_ms = inflight_ttl_ms(config)
         self._window_ms = self.params.rate_window_seconds * 1000
         self._enforce = self.mode is not TradingMode.LIVE
         # admit calls EVALSHA itself (redis-py's Script adds ~10 us a call on this path) and
@@ -134,16 +140,19 @@ class KernelStore:
         return self.server_time_ms() - entry_ms > self.params.max_intent_age_ms
 
     # the decision --------------------------------------------------------------------------
-    def evaluate(self, intent: Intent) -> Decision:
+    def evaluate(self, intent: Intent, market: Market | None = None) -> Decision:
         """Decision with the current state, without recording anything (the two-step API)."""
-        partial = gates.judge(intent, self.params, self.mode)
+        partial = gates.judge(intent, self.params, self.mode, market)
         return self._run(partial, intent, None, dry=True)
 
-    def admit(self, intent: Intent, *, entry_id: str | None = None) -> Decision:
+    def admit(
+        self, intent: Intent, *, entry_id: str | None = None, market: Market | None = None
+    ) -> Decision:
         """All gates plus state plus decision record in one round trip; see the module doc.
 
         ``entry_id`` (a stream entry's id) dates the intent for MAX_INTENT_AGE_MS; without it
         (CLI, seed API, a direct call) the intent is as old as this call and never expires.
+        ``market``: the exchange's data for PRICE_COLLAR / MAX_POSITION (None: none known).
         """
         if intent.trace_id is None:
             return self.log_decision(gates.rejected(_NO_TRACE, self.mode))
@@ -153,26 +162,39 @@ class KernelStore:
             if entry_ms is None:
                 error = IntentError({"entry_id": "not a stream entry id"}, intent.trace_id)
                 return self.log_decision(gates.rejected(error, self.mode))
-        partial = gates.judge(intent, self.params, self.mode)
+        partial = gates.judge(intent, self.params, self.mode, market)
         return self._run(partial, intent, entry_ms, dry=False)
 
-    def admit_mapping(self, data: Mapping[Any, Any], *, entry_id: str | None = None) -> Decision:
+    def admit_mapping(
+        self,
+        data: Mapping[Any, Any],
+        *,
+        entry_id: str | None = None,
+        market: Market | None = None,
+    ) -> Decision:
         """The door for JSON values / keyword arguments: the one parse, then ``admit``."""
         try:
             intent = parse_intent(data, require_trace_id=True)
         except IntentError as exc:
             return self.log_decision(gates.rejected(exc, self.mode))
-        return self.admit(intent, entry_id=entry_id)
+        return self.admit(intent, entry_id=entry_id, market=market)
 
     def admit_entry(
-        self, fields: Mapping[Any, Any], entry_id: str
+        self,
+        fields: Mapping[Any, Any],
+        entry_id: str,
+        market: Callable[[Intent], Market | None] | None = None,
     ) -> tuple[Intent | None, Decision]:
-        """The worker's door: a stream entry's fields (bytes) -> (intent or None, decision)."""
+        """The worker's door: a stream entry's fields (bytes) -> (intent or None, decision).
+
+        ``market(intent)`` fetches the exchange's data for the limits that need it.
+        """
         try:
             intent = decode_entry_fields(fields)
         except IntentError as exc:
             return None, self.log_decision(gates.rejected(exc, self.mode))
-        return intent, self.admit(intent, entry_id=entry_id)
+        data = None if market is None else market(intent)
+        return intent, self.admit(intent, entry_id=entry_id, market=data)
 
     def _run(
         self, partial: gates.Partial, intent: Intent, entry_ms: int | None, *, dry: bool
@@ -193,41 +215,44 @@ class KernelStore:
             self._last_trade_prefix + symbol,
             self.trades_key,
             self.state_key,
+            self.inflight_key,
+            self.inflight_expiry_key,
             flags,
             "" if entry_ms is None else entry_ms,
             f"{symbol}:{trace_id}",
             cid,
+            self._limits_arg(partial),
         )
         try:
-            try:
-                raw = self.redis.evalsha(self._admit_sha, 4, *keys_args)
-            except NoScriptError:
-                self._admit_sha = self.redis.script_load(self._admit_src)
-                raw = self.redis.evalsha(self._admit_sha, 4, *keys_args)
-            reply = raw if type(raw) is str else _text(raw)
+            reply = self._call_admit(keys_args)
         except (redis.RedisError, UnicodeDecodeError) as exc:
             return self._unavailable(partial, cid, "redis", f"{type(exc).__name__}: {exc}")
         found, _, reply = reply.partition(";")
+        kind = reply[:1]
+        # A fresh decision carries the script's own hold (bits T / U); every other reply is held
+        # by the state the script found, by the same rule (gates.state_reason).
+        self._trading_state(partial, found, hold=not reply.startswith("k1|"))
+        if kind == "!":
+            key, _, reason = reply[1:].partition("|")
+            return self._unavailable(partial, cid, key, reason)
+        if kind == "#":
+            return self._foreign(partial, dedup_key, cid, reply[1:])
+        replayed = kind == "="
+        stored = reply[1:] if replayed else reply
+        inflight: tuple[int, int] | None = None
+        if not replayed and "~" in stored:
+            stored, _, tail = stored.partition("~")
+            sym, _, gross = tail.partition("|")
+            if not (sym.isdigit() and gross.isdigit()):
+                return self._unavailable(partial, cid, self.inflight_key, f"reply {tail[:40]!r}")
+            inflight = (int(sym), int(gross))
         # The script's own fresh decision ('k1|V|now|since|count|bits|age|cid', cid already
         # checked by client_order_id) is split, not matched; a stored value coming back is
         # matched against the exact form admit writes.
-        parts = reply.split("|") if reply.startswith("k1|") else []
-        fresh = len(parts) == 8
-        # A fresh decision carries the script's own hold (bits T / U); every other reply is held
-        # by the state the script found, by the same rule (gates.state_reason).
-        self._trading_state(partial, found, hold=not parts)
-        replayed = False
-        if fresh:
+        parts = [] if replayed else stored.split("|")
+        if len(parts) == 8 and parts[0] == "k1":
             _k1, verdict, _now, since, count, bits, age, stored_cid = parts
         else:
-            kind = reply[:1]
-            if kind == "!":
-                key, _, reason = reply[1:].partition("|")
-                return self._unavailable(partial, cid, key, reason)
-            if kind == "#":
-                return self._foreign(partial, dedup_key, cid, reply[1:])
-            replayed = kind == "="
-            stored = reply[1:] if replayed else reply
             match = _STORED.fullmatch(stored)
             if match is None:
                 return self._foreign(partial, dedup_key, cid, stored)
@@ -237,6 +262,10 @@ class KernelStore:
             partial.failed.add(Reason.TRADING_HALTED)
         if "U" in bits:
             partial.failed.add(Reason.REDUCING_ONLY)
+        if replayed:
+            partial.failed -= _MARKET_HOLDS
+        if "K" in bits:
+            partial.failed.add(Reason.PRICE_COLLAR)
         if replayed and partial.failed & _STATE_HOLDS:
             verdict = "H"
         state = StateOutcome(
@@ -246,6 +275,8 @@ class KernelStore:
             since_ms=int(since) if since else None,
             trades=int(count),
             age_ms=int(age) if age else None,
+            exposure="X" in bits,
+            inflight_micro=inflight,
         )
         decision = gates.finish(
             partial, self.params, self.mode, state, verdict=_PASS if verdict == "P" else _HOLD
@@ -255,6 +286,34 @@ class KernelStore:
             decision.client_order_id = stored_cid
             decision.context["client_order_id"] = stored_cid
         return self.log_decision(decision)
+
+    def _call_admit(self, keys_args: tuple[Any, ...]) -> str:
+        """EVALSHA admit.lua (6 keys, then its args); on NOSCRIPT load it and call again."""
+        try:
+            raw = self.redis.evalsha(self._admit_sha, 6, *keys_args)
+        except NoScriptError:
+            self._admit_sha = self.redis.script_load(self._admit_src)
+            raw = self.redis.evalsha(self._admit_sha, 6, *keys_args)
+        return raw if type(raw) is str else _text(raw)
+
+    def _limits_arg(self, partial: gates.Partial) -> str:
+        """admit.lua's input for the limits on exchange data ('' when all are off)."""
+        p = self.params
+        if (p.price_collar_pct, p.max_position_usd, p.max_gross_exposure_usd) == (None, None, None):
+            return ""
+        failed = partial.failed
+        held = ("K" if Reason.PRICE_COLLAR in failed else "") + (
+            "X" if Reason.MAX_POSITION in failed else ""
+        )
+        if partial.exposure is None:
+            return held + ";"
+        pos, gross, add = partial.exposure
+        limits = [
+            -1 if limit is None else gates.to_micro(limit, up=False)
+            for limit in (p.max_position_usd, p.max_gross_exposure_usd)
+        ]
+        spec = f"{pos}|{gross}|{add}|{limits[0]}|{limits[1]}|{self._inflight_ttl_ms}"
+        return f"{held};{spec}"
 
     def _trading_state(self, partial: gates.Partial, found: str, *, hold: bool) -> None:
         """Record the state the script found; ``hold``: apply its rule to this intent."""

@@ -147,22 +147,27 @@ def set_state(
     )
     before, after, at_ms, audit_id = (_text(v) for v in reply)
     change = Change(TradingState(before), TradingState(after), int(at_ms), audit_id or None)
+    log_change(change, (user, host), source, reason)
+    return change
+
+
+def log_change(change: Change, who: tuple[str, str], source: str, reason: str) -> None:
+    """The one TRADING_STATE line of a change (also for protect.py's resume and trips)."""
     log.warning(
         kv(
             "TRADING_STATE_CHANGED" if change.changed else "TRADING_STATE_UNCHANGED",
             {
-                "from": before,
-                "to": after,
-                "user": user,
-                "host": host,
+                "from": change.before.value,
+                "to": change.after.value,
+                "user": who[0],
+                "host": who[1],
                 "source": source,
-                "at_ms": at_ms,
-                "audit_id": audit_id or None,
+                "at_ms": change.at_ms,
+                "audit_id": change.audit_id,
                 "reason": reason,
             },
         )
     )
-    return change
 
 
 def audit_log(

@@ -55,7 +55,7 @@ from typing import Any
 
 import redis
 
-from core_kernel import consume, streams
+from core_kernel import consume, inflight, streams
 from core_kernel.config import KernelConfig, load_service_config
 from core_kernel.exchange import (
     CONDITIONAL_TYPES,
@@ -73,6 +73,7 @@ from core_kernel.gates import Decision, GateVerdict, Reason
 from core_kernel.intent import Intent
 from core_kernel.lease import OrderLease, Taken
 from core_kernel.log import kv, setup_logging
+from core_kernel.market import MarketData, needs_market
 from core_kernel.mode import TradingMode, detect_mode
 from core_kernel.store import KernelStore
 
@@ -253,6 +254,9 @@ class Worker:
         # Every send, its timeouts and Retry-After waits, fit in what the lease has left after
         # keeping one recvWindow + margin for the last request.
         self.send_budget_s = (self.lease.ttl_ms - self.window_ms) / 1000
+        # The exchange's data for PRICE_COLLAR / MAX_POSITION, fetched only when one is on.
+        self.market = MarketData(exchange, config) if needs_market(config) else None
+        self._inflight_on = inflight.limits_on(config)
         self.stats = WorkerStats()
         self.stopping = False
         self._run_id: str | None = None
@@ -355,7 +359,9 @@ class Worker:
             consume.ack(self.raw, entry.id)
             self.on_entry("handled", entry, "deleted from the stream")
             return
-        intent, decision = self.store.admit_entry(entry.fields, entry.id)
+        intent, decision = self.store.admit_entry(
+            entry.fields, entry.id, None if self.market is None else self.market.for_intent
+        )
         self.on_decision(decision)
         key = decision.trace_id or f"entry:{entry.id}"
         result: dict[str, Any] = {
@@ -454,10 +460,36 @@ class Worker:
             )
             self.on_entry("dead_lettered", entry, dlq[0])
         self.redis.hdel(ORDER_UNKNOWN_KEY, entry.id)
+        if self._inflight_on:
+            self._settle_inflight(result)
         cid = result.get("client_order_id")
         if cid:
             self.lease.release(str(cid))
         self.on_processed(result)
+
+    def _settle_inflight(self, result: Mapping[str, Any]) -> None:
+        """The outcome is known: release the entry's in-flight record (rule: inflight.py)."""
+        trace_id, symbol = result.get("trace_id"), result.get("symbol")
+        if not trace_id or not symbol:
+            return
+        keep: int | None = None
+        if result.get("status") == "order_placed":
+            if result.get("exchange_status") != "FILLED":
+                return  # resting or partly filled: counted until the record expires
+            keep = inflight.settle_ms(self.config)
+        try:
+            store = self.store
+            inflight.release(
+                self.redis,
+                store.inflight_key,
+                store.inflight_expiry_key,
+                str(symbol),
+                str(trace_id),
+                keep,
+            )
+        except redis.RedisError as exc:
+            # The record then expires on its own; the result is already published.
+            log.warning(kv("INFLIGHT_RELEASE_FAILED", {"trace_id": trace_id, "error": str(exc)}))
 
     def _lookup_held(self, intent: Intent, cid: str) -> OrderResult | None:
         try:

@@ -14,10 +14,12 @@
 local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
   $min_hold_ms, $max_trades, $window_ms, $ttl_s, $max_age_ms
 -- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET  KEYS[4] trading state
+-- KEYS[5] KEYS[6] orders in flight (MAX_POSITION, see its block)  ARGV[5] ('' = limits off)
 -- ARGV[1] flags = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry_run
 -- ARGV[2] entry time in ms ('' = unknown)  ARGV[3] trade member  ARGV[4] client order id
 -- Replies (strings), each prefixed 'STATE;' (ACTIVE, REDUCING, HALTED or '?' .. what was found):
---   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E T U)
+--   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E K X T U)
+--     followed, when ARGV[5] was given, by '~sym|gross' (the in-flight sums; not stored)
 --   '=' .. stored value                  a decision stored earlier (a replay; Python checks it)
 --   '#' .. reason                        a dedup key the kernel did not write (foreign)
 --   '!' .. key .. '|' .. reason          state the kernel cannot read: nothing was written
@@ -102,6 +104,60 @@ if ARGV[2] ~= '' then
     pass = false
   end
 end
+-- Limits on exchange data (issue 14) --------------------------------------------------------
+-- ARGV[5] = '' (all off) or held .. ';' .. spec. held: what Python found (K = PRICE_COLLAR,
+-- X = MAX_POSITION), stored in the bits so a replay knows its reasons. spec: '' or
+-- 'pos|gross|add|max_pos|max_gross|ttl_ms' in integers of 1e-6 USD (max -1 = off): the
+-- exchange's position notional on the symbol, its gross exposure, this order's notional.
+-- Orders in flight, for every entry PASSed with a spec until the worker releases it
+-- (inflight.py) or it expires: KEYS[5] hash, 'SYMBOL:trace_id' -> 'micro_usd|expires_ms' and
+-- the running sums '#SYMBOL' and '#' (gross); KEYS[6] ZSET of the same fields by expiry, so an
+-- admit only touches what expired (amortised O(1)). Bit X when pos + in flight on the symbol +
+-- add > max_pos, or gross + all in flight + add > max_gross. A value that is not ours is state
+-- the kernel cannot read (nothing written).
+local tail, flight, expired = '', nil, nil
+if entry and ARGV[5] ~= '' then
+  local held, spec = string.match(ARGV[5], '^(K?X?);(.*)$$')
+  if not held then return unreadable('ARGV[5]', 'bad limits input') end
+  local over = string.find(held, 'X', 1, true) ~= nil
+  if spec ~= '' then
+    local p, g, add, mp, mg, ttl =
+      string.match(spec, '^(%d+)|(%d+)|(%d+)|(-?%d+)|(-?%d+)|(%d+)$$')
+    if not p then return unreadable('ARGV[5]', 'bad exposure input') end
+    p, g, add, mp, mg = tonumber(p), tonumber(g), tonumber(add), tonumber(mp), tonumber(mg)
+    local sym_field = '#' .. string.match(ARGV[3], '^[^:]*')
+    local sums = redis.pcall('HMGET', KEYS[5], sym_field, '#')
+    if type(sums) == 'table' and sums.err then return unreadable(KEYS[5], 'wrong type') end
+    local due = redis.pcall('ZRANGEBYSCORE', KEYS[6], '-inf', string.format('%.0f', now))
+    if type(due) == 'table' and due.err then return unreadable(KEYS[6], 'wrong type') end
+    local sym, gross = tonumber(sums[1] or '0'), tonumber(sums[2] or '0')
+    if not sym or not gross or sym < 0 or gross < 0 then
+      return unreadable(KEYS[5], 'not an in-flight sum')
+    end
+    local gone = {}
+    for i = 1, #due do
+      local v = redis.call('HGET', KEYS[5], due[i])
+      local n = v and string.match(v, '^(%d+)|%d+$$')
+      if v and not n then return unreadable(KEYS[5], 'not an in-flight record') end
+      if n then
+        gone[#gone + 1] = {due[i], tonumber(n)}
+        gross = gross - tonumber(n)
+        if '#' .. string.match(due[i], '^[^:]*') == sym_field then sym = sym - tonumber(n) end
+      end
+    end
+    -- removed below, once the dedup key is claimed (a replay writes nothing)
+    if #due > 0 then expired = {gone, due} end
+    if (mp >= 0 and p + sym + add > mp) or (mg >= 0 and g + gross + add > mg) then
+      over = true
+      if flags % 4 >= 2 then pass = false end
+    end
+    tail = '~' .. string.format('%.0f', sym) .. '|' .. string.format('%.0f', gross)
+    flight = {sym_field, add, now + tonumber(ttl)}
+  end
+  if string.find(held, 'K', 1, true) then bits = bits .. 'K' end
+  if over then bits = bits .. 'X' end
+end
+-- end of the limits on exchange data --------------------------------------------------------
 if halted then
   bits = bits .. 'T'
   pass = false
@@ -113,7 +169,7 @@ local now_s = string.format('%d', now)
 local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|' .. count
   .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
 if dry then
-  return head .. stored
+  return head .. stored .. tail
 end
 -- Claim the dedup key and read it in one command (Redis 7.0+): NX leaves a stored decision and
 -- its TTL as they are and GET returns it; nil means this decision is now the stored one.
@@ -121,10 +177,25 @@ local got = redis.pcall('SET', KEYS[1], stored, 'NX', 'EX', TTL_S, 'GET')
 if got then
   return stored_reply(got)
 end
+if expired then
+  for _, d in ipairs(expired[1]) do
+    redis.call('HINCRBY', KEYS[5], '#' .. string.match(d[1], '^[^:]*'), -d[2])
+    redis.call('HINCRBY', KEYS[5], '#', -d[2])
+    redis.call('HDEL', KEYS[5], d[1])
+  end
+  redis.call('ZREM', KEYS[6], unpack(expired[2]))
+end
 if pass and entry then
   redis.call('SET', KEYS[2], now_s)
   redis.call('ZADD', KEYS[3], now_s, ARGV[3])
   -- Trim what left the window, so the ZSET stays as small as the window.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', window_start)
+  if flight then
+    local add, exp = string.format('%.0f', flight[2]), string.format('%.0f', flight[3])
+    redis.call('HSET', KEYS[5], ARGV[3], add .. '|' .. exp)
+    redis.call('HINCRBY', KEYS[5], flight[1], add)
+    redis.call('HINCRBY', KEYS[5], '#', add)
+    redis.call('ZADD', KEYS[6], exp, ARGV[3])
+  end
 end
-return head .. stored
+return head .. stored .. tail

@@ -1,0 +1,55 @@
+"""Run a project playbook from the controller against a Molecule instance, from its tests.
+
+The scenarios' own converge goes through Molecule; a test that must prove what an operator's
+command does (a refused LIVE deploy, a halt across the inventory) runs the real playbook with
+the real inventory's group_vars instead, through the podman connection. Tests add this
+directory to sys.path to import it (scenario test dirs are not packages).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def ansible_playbook() -> str:
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    assert found, "ansible-playbook not found next to the test interpreter or on PATH"
+    return found
+
+
+def run_playbook(
+    tmp_path: Path, instance: str, inventory: str, playbook: str, *extra: str
+) -> tuple[int, str, float]:
+    """playbooks/<playbook> against the instance with inventory/<inventory>/group_vars only.
+
+    Returns (exit code, stdout + stderr, seconds).
+    """
+    inv = tmp_path / f"{inventory}-{playbook.removesuffix('.yml')}"
+    inv.mkdir(exist_ok=True)
+    if not (inv / "group_vars").exists():
+        (inv / "group_vars").symlink_to(PROJECT / "inventory" / inventory / "group_vars")
+    (inv / "hosts.yml").write_text(
+        "quantum_kernel:\n"
+        "  hosts:\n"
+        f"    {instance}:\n"
+        "      ansible_connection: containers.podman.podman\n"
+        "      ansible_python_interpreter: /usr/bin/python3\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["ANSIBLE_CONFIG"] = str(PROJECT / "ansible.cfg")
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    cmd = [ansible_playbook(), "-i", str(inv), f"playbooks/{playbook}", *extra]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
