@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core_kernel import gates
-from core_kernel.gates import GateVerdict, Reason
+from core_kernel.gates import GateVerdict, Market, Reason
 from core_kernel.mode import TradingMode
 from core_kernel.store import KernelStore, StateError
 
@@ -196,6 +196,56 @@ def test_foreign_order_key_value_is_a_duplicate_hold_never_overwritten(
         assert d.client_order_id == "old"
     assert redis_client.dump(key) == before
     assert not redis_client.exists(TRADES)
+
+
+@pytest.mark.parametrize(
+    ("key", "corrupt"),
+    [
+        (LAST, lambda c: c.set(LAST, "soon")),
+        (LAST, lambda c: c.hset(LAST, "a", "1")),
+        (TRADES, lambda c: c.set(TRADES, "3")),
+    ],
+)
+def test_stored_decision_comes_back_before_a_state_read_fails(
+    redis_client: redis.Redis, key: str, corrupt: Any
+) -> None:
+    """The dedup key answers first: a replay (or a foreign claim) wins over unreadable state."""
+    store = make(redis_client)
+    first = store.admit(valid(trace_id="st"))
+    assert first.verdict is GateVerdict.PASS
+    redis_client.delete(key)
+    corrupt(redis_client)
+    before = redis_client.dump(key)
+    again = store.admit(valid(trace_id="st"))
+    assert (again.verdict, again.replayed, again.client_order_id) == (GateVerdict.PASS, True, "st")
+    redis_client.sadd("quantum:dedup:order:other", "x")
+    other = store.admit(valid(trace_id="other"))
+    assert (other.verdict, other.primary) == (GateVerdict.HOLD, Reason.DUPLICATE_ORDER)
+    fresh = store.admit(valid(trace_id="new"))
+    assert (fresh.primary, fresh.context["state_key"]) == (Reason.STATE_UNAVAILABLE, key)
+    assert redis_client.dump(key) == before
+    assert not redis_client.exists("quantum:dedup:order:new")
+
+
+def test_a_replay_writes_nothing_to_the_orders_in_flight(redis_client: redis.Redis) -> None:
+    s = make(redis_client, MIN_HOLD_SECONDS=0, MAX_TRADES_10MIN=10**6, MAX_POSITION_USD="100")
+    market = Market(None, Decimal(0), Decimal(0))
+    assert s.admit(valid(trace_id="f1"), market=market).verdict is GateVerdict.PASS
+    # someone's record expired a millisecond ago: a fresh admit drops it, a replay leaves it
+    now = s.server_time_ms()
+    redis_client.hset(s.inflight_key, "ETHUSDT:old", f"1000000|{now - 1}")
+    redis_client.hincrby(s.inflight_key, "#ETHUSDT", 1000000)
+    redis_client.hincrby(s.inflight_key, "#", 1000000)
+    redis_client.zadd(s.inflight_expiry_key, {"ETHUSDT:old": now - 1})
+    before = (redis_client.dump(s.inflight_key), redis_client.dump(s.inflight_expiry_key))
+    again = s.admit(valid(trace_id="f1"), market=market)
+    assert (again.verdict, again.replayed) == (GateVerdict.PASS, True)
+    assert (redis_client.dump(s.inflight_key), redis_client.dump(s.inflight_expiry_key)) == before
+    # in-flight sums the kernel did not write: the replay still answers its stored decision
+    redis_client.hset(s.inflight_key, "#ETHUSDT", "lots")
+    assert s.admit(valid(trace_id="f1"), market=market).replayed
+    fresh = s.admit(valid(trace_id="f2"), market=market)
+    assert (fresh.primary, fresh.context["state_key"]) == (Reason.STATE_UNAVAILABLE, s.inflight_key)
 
 
 def test_live_records_passes_and_audits(redis_client: redis.Redis) -> None:

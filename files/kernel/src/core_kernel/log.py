@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import Enum
 
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/-+@,")
+#: A value made only of these ASCII characters is written bare; any other is quoted JSON. One
+#: regex match per value: a per-character test cost ~15 us per GATE_* line, a regex ~1 us.
+_PLAIN = re.compile(r"[a-zA-Z0-9._:/+@,-]+").fullmatch
 
 
 def _fmt(value: object) -> str:
+    if type(value) is str:
+        return value if _PLAIN(value) else json.dumps(value, ensure_ascii=True)
     if value is None:
         return "-"
     if isinstance(value, Enum):
@@ -24,7 +29,7 @@ def _fmt(value: object) -> str:
     if isinstance(value, (list, tuple, frozenset, set)) and not isinstance(value, str):
         return _fmt(",".join(_fmt(v) for v in value))
     text = str(value)
-    if text and all(ch in _PLAIN for ch in text):
+    if _PLAIN(text):
         return text
     # Quoted JSON keeps one event on one line whatever the value holds (spaces, '=', newlines).
     return json.dumps(text, ensure_ascii=True)

@@ -42,37 +42,45 @@ else
 end
 local halted = ts ~= 'ACTIVE' and ts ~= 'REDUCING'
 local head = ts .. ';'
-if not dry then
-  local got = redis.pcall('GET', KEYS[1])
+-- The dedup key is read where it is claimed (SET NX GET, below); a decision stored there comes
+-- back instead of a new one, whatever the state reads found.
+local function stored_reply(got)
   if type(got) == 'table' and got.err then
     return head .. '#wrong type'
   end
-  if got then
-    -- Only a value admit could have written comes back whole (ASCII, so every client decodes
-    -- it); Python still checks its exact form.
-    if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
-      return head .. '#foreign value'
-    end
-    return head .. '=' .. got
+  -- Only a value admit could have written comes back whole (ASCII, so every client decodes
+  -- it); Python still checks its exact form.
+  if #got > 200 or not string.match(got, '^k1|[PH]|[0-9A-Za-z|.:/_-]*$$') then
+    return head .. '#foreign value'
   end
+  return head .. '=' .. got
+end
+local function unreadable(key, reason)
+  if not dry then
+    local got = redis.pcall('GET', KEYS[1])
+    if got then return stored_reply(got) end
+  end
+  return head .. '!' .. key .. '|' .. reason
 end
 local entry = flags >= 4
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window_start = now - WINDOW_MS
+-- Every number formatted below is whole milliseconds (or a count) far below 2^53: '%d' prints it
+-- exactly, and costs less than '%.0f'.
+local window_start = string.format('%d', now - WINDOW_MS)
 -- An exit (reduce-only) is not gated on the state, so it does not read it either.
 local last, count = false, 0
 if entry then
   last = redis.pcall('GET', KEYS[2])
   if type(last) == 'table' and last.err then
-    return head .. '!' .. KEYS[2] .. '|wrong type'
+    return unreadable(KEYS[2], 'wrong type')
   end
   if last and (#last > 15 or not string.match(last, '^%d+$$')) then
-    return head .. '!' .. KEYS[2] .. '|not integer milliseconds'
+    return unreadable(KEYS[2], 'not integer milliseconds')
   end
-  count = redis.pcall('ZCOUNT', KEYS[3], '(' .. string.format('%.0f', window_start), '+inf')
+  count = redis.pcall('ZCOUNT', KEYS[3], '(' .. window_start, '+inf')
   if type(count) == 'table' and count.err then
-    return head .. '!' .. KEYS[3] .. '|wrong type'
+    return unreadable(KEYS[3], 'wrong type')
   end
 end
 local bits = ''
@@ -81,7 +89,7 @@ local pass = flags % 2 == 1
 if entry then
   if last then
     local elapsed = math.max(0, now - tonumber(last))
-    since = string.format('%.0f', elapsed)
+    since = string.format('%d', elapsed)
     if elapsed < MIN_HOLD_MS then bits = bits .. 'C' end
   end
   if count >= MAX_TRADES then bits = bits .. 'R' end
@@ -90,7 +98,7 @@ end
 local age = ''
 if ARGV[2] ~= '' then
   local a = math.max(0, now - tonumber(ARGV[2]))
-  age = string.format('%.0f', a)
+  age = string.format('%d', a)
   if a > MAX_AGE_MS then
     bits = bits .. 'E'
     pass = false
@@ -107,44 +115,38 @@ end
 -- admit only touches what expired (amortised O(1)). Bit X when pos + in flight on the symbol +
 -- add > max_pos, or gross + all in flight + add > max_gross. A value that is not ours is state
 -- the kernel cannot read (nothing written).
-local tail, flight = '', nil
+local tail, flight, expired = '', nil, nil
 if entry and ARGV[5] ~= '' then
   local held, spec = string.match(ARGV[5], '^(K?X?);(.*)$$')
-  if not held then return head .. '!ARGV[5]|bad limits input' end
+  if not held then return unreadable('ARGV[5]', 'bad limits input') end
   local over = string.find(held, 'X', 1, true) ~= nil
   if spec ~= '' then
     local p, g, add, mp, mg, ttl =
       string.match(spec, '^(%d+)|(%d+)|(%d+)|(-?%d+)|(-?%d+)|(%d+)$$')
-    if not p then return head .. '!ARGV[5]|bad exposure input' end
+    if not p then return unreadable('ARGV[5]', 'bad exposure input') end
     p, g, add, mp, mg = tonumber(p), tonumber(g), tonumber(add), tonumber(mp), tonumber(mg)
     local sym_field = '#' .. string.match(ARGV[3], '^[^:]*')
     local sums = redis.pcall('HMGET', KEYS[5], sym_field, '#')
-    if type(sums) == 'table' and sums.err then return head .. '!' .. KEYS[5] .. '|wrong type' end
+    if type(sums) == 'table' and sums.err then return unreadable(KEYS[5], 'wrong type') end
     local due = redis.pcall('ZRANGEBYSCORE', KEYS[6], '-inf', string.format('%.0f', now))
-    if type(due) == 'table' and due.err then return head .. '!' .. KEYS[6] .. '|wrong type' end
+    if type(due) == 'table' and due.err then return unreadable(KEYS[6], 'wrong type') end
     local sym, gross = tonumber(sums[1] or '0'), tonumber(sums[2] or '0')
     if not sym or not gross or sym < 0 or gross < 0 then
-      return head .. '!' .. KEYS[5] .. '|not an in-flight sum'
+      return unreadable(KEYS[5], 'not an in-flight sum')
     end
     local gone = {}
     for i = 1, #due do
       local v = redis.call('HGET', KEYS[5], due[i])
       local n = v and string.match(v, '^(%d+)|%d+$$')
-      if v and not n then return head .. '!' .. KEYS[5] .. '|not an in-flight record' end
+      if v and not n then return unreadable(KEYS[5], 'not an in-flight record') end
       if n then
         gone[#gone + 1] = {due[i], tonumber(n)}
         gross = gross - tonumber(n)
         if '#' .. string.match(due[i], '^[^:]*') == sym_field then sym = sym - tonumber(n) end
       end
     end
-    if not dry then
-      for _, d in ipairs(gone) do
-        redis.call('HINCRBY', KEYS[5], '#' .. string.match(d[1], '^[^:]*'), -d[2])
-        redis.call('HINCRBY', KEYS[5], '#', -d[2])
-        redis.call('HDEL', KEYS[5], d[1])
-      end
-      if #due > 0 then redis.call('ZREM', KEYS[6], unpack(due)) end
-    end
+    -- removed below, once the dedup key is claimed (a replay writes nothing)
+    if #due > 0 then expired = {gone, due} end
     if (mp >= 0 and p + sym + add > mp) or (mg >= 0 and g + gross + add > mg) then
       over = true
       if flags % 4 >= 2 then pass = false end
@@ -163,17 +165,31 @@ elseif ts == 'REDUCING' and entry then
   bits = bits .. 'U'
   pass = false
 end
-local now_s = string.format('%.0f', now)
+local now_s = string.format('%d', now)
 local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|' .. count
   .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
 if dry then
   return head .. stored .. tail
 end
+-- Claim the dedup key and read it in one command (Redis 7.0+): NX leaves a stored decision and
+-- its TTL as they are and GET returns it; nil means this decision is now the stored one.
+local got = redis.pcall('SET', KEYS[1], stored, 'NX', 'EX', TTL_S, 'GET')
+if got then
+  return stored_reply(got)
+end
+if expired then
+  for _, d in ipairs(expired[1]) do
+    redis.call('HINCRBY', KEYS[5], '#' .. string.match(d[1], '^[^:]*'), -d[2])
+    redis.call('HINCRBY', KEYS[5], '#', -d[2])
+    redis.call('HDEL', KEYS[5], d[1])
+  end
+  redis.call('ZREM', KEYS[6], unpack(expired[2]))
+end
 if pass and entry then
   redis.call('SET', KEYS[2], now_s)
   redis.call('ZADD', KEYS[3], now_s, ARGV[3])
   -- Trim what left the window, so the ZSET stays as small as the window.
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', window_start))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', window_start)
   if flight then
     local add, exp = string.format('%.0f', flight[2]), string.format('%.0f', flight[3])
     redis.call('HSET', KEYS[5], ARGV[3], add .. '|' .. exp)
@@ -182,5 +198,4 @@ if pass and entry then
     redis.call('ZADD', KEYS[6], exp, ARGV[3])
   end
 end
-redis.call('SET', KEYS[1], stored, 'EX', TTL_S)
 return head .. stored .. tail
