@@ -445,3 +445,16 @@ def test_check_config_builds_what_the_services_build(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot be computed exactly" in proc.stdout
     proc = _cli("gate-proof", "--config", path, "--redis-url", "redis://127.0.0.1:1/0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["stream-health"], ["state", "--json"], ["gate-proof"]])
+def test_refused_credentials_are_auth_failed_not_unreachable(
+    redis_url: str, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """A wrong password is not an outage: the answer says so, without the password."""
+    url = redis_url.replace("redis://", f"redis://nobody-{CANARY[:6]}:{CANARY}@")
+    code, out, err = run([*command, "--redis-url", url], capsys)
+    assert code == 3, (out, err)
+    assert "auth failed" in out + err, (out, err)
+    assert "unreachable" not in out + err, (out, err)
+    assert CANARY not in out + err

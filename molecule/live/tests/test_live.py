@@ -190,3 +190,40 @@ def test_testnet_inventory_against_live_host_is_refused(host, instance, tmp_path
     assert "/etc/quantum/quantum.env:TRADING_MODE=LIVE" in line, line
     assert "changed=0" in output, output[-1500:]
     assert after == before
+
+
+CANARY = "Canary-Redis-Pw-51c9"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # the lab's Redis has no password: AUTH with one is refused like a wrong one
+        (f"redis://:{CANARY}@127.0.0.1:6379/0", "refused the credentials of core_kernel_redis_url"),
+        ("redis://127.0.0.1:6379/99", "has no database 99 (wrong database in"),
+        ("redis://127.0.0.1:6390/0", "Redis unreachable at 127.0.0.1:6390 within"),
+    ],
+    ids=["auth-failed", "wrong-database", "unreachable"],
+)
+def test_redis_refusals_are_distinct_say_why_and_change_nothing(
+    host, instance, tmp_path, url, says
+):
+    """Issue 12 item 3: preflight talks to Redis as the kernel will, before any change; the
+    password in the URL appears nowhere in the run's output, even at -vvv."""
+    before = host_state(host)
+    rc, output, _ = run_deploy(
+        tmp_path,
+        instance,
+        "live",
+        "-vvv",
+        "-e",
+        f"core_kernel_confirm_live={instance}",
+        "-e",
+        f"core_kernel_redis_url={url}",
+    )
+    assert rc != 0, output[-3000:]
+    line = refusal_line(output)
+    assert line.startswith(f"preflight refused on {instance}: Redis"), line
+    assert says in line, line
+    assert CANARY not in output
+    assert host_state(host) == before

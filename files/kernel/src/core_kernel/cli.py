@@ -50,6 +50,7 @@ from core_kernel.proof import render_table, run_proof
 from core_kernel.protections import Limits
 from core_kernel.recovery import FileEventLog, recover
 from core_kernel.store import KernelStore, admit_script
+from core_kernel.streams import redis_down
 from core_kernel.trading_state import (
     TradingState,
     audit_log,
@@ -187,8 +188,9 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         summary = recover(client, config, mode, log)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log("RECOVER_FAILED", {"error": f"redis unreachable: {exc}"})
-        _print_json({"ok": False, "error": f"redis unreachable: {exc}", "mode": mode.mode}, out)
+        text = redis_down(exc)[1]
+        log("RECOVER_FAILED", {"error": text})
+        _print_json({"ok": False, "error": text, "mode": mode.mode}, out)
         return EXIT_REDIS_DOWN
     except redis.RedisError as exc:
         log("RECOVER_FAILED", {"error": f"{type(exc).__name__}: {exc}"})
@@ -242,7 +244,7 @@ def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     try:
         data = stream_health(client, zombie_idle_ms=config.zombie_idle_ms)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        _print_json({"ok": False, "error": f"redis unreachable: {exc}"}, out)
+        _print_json({"ok": False, "error": redis_down(exc)[1]}, out)
         return EXIT_REDIS_DOWN
     finally:
         client.close()
@@ -259,9 +261,9 @@ def cmd_gate_proof(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         results = run_proof(client, config)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        err.write(f"gate-proof: redis unreachable: {exc}\n")
+        err.write(f"gate-proof: {redis_down(exc)[1]}\n")
         if args.json:
-            _print_json({"ok": False, "error": f"redis unreachable: {exc}"}, out)
+            _print_json({"ok": False, "error": redis_down(exc)[1]}, out)
         return EXIT_REDIS_DOWN
     finally:
         client.close()
@@ -706,7 +708,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None) -> int:
         err.write(f"{args.command}: {exc}\n")
         return EXIT_CONFIG
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        err.write(f"{args.command}: redis unreachable: {exc}\n")
+        err.write(f"{args.command}: {redis_down(exc)[1]}\n")
         return EXIT_REDIS_DOWN
     except redis.RedisError as exc:
         err.write(f"{args.command}: redis error: {type(exc).__name__}: {exc}\n")

@@ -111,7 +111,8 @@ def serve(client: redis.Redis, *, block_s: int = 2) -> int:
             )
             backoff = 0.2
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning(kv("REDIS_UNAVAILABLE", {"error": str(exc), "retry_s": backoff}))
+            event, text = streams.redis_down(exc)
+            log.warning(kv(event, {"error": text, "retry_s": backoff}))
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             continue

@@ -35,6 +35,14 @@ def make_client(url: str, *, socket_timeout: float | None = 5.0, **kwargs: Any) 
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout, **kwargs)
 
 
+def redis_down(exc: Exception) -> tuple[str, str]:
+    """(log event, one-line text) for a Redis that cannot be used: a refused AUTH is not an
+    outage (redis-py makes AuthenticationError a ConnectionError), and retrying cannot fix it."""
+    if isinstance(exc, redis.AuthenticationError):
+        return "REDIS_AUTH_FAILED", f"redis refused the credentials (auth failed): {exc}"
+    return "REDIS_UNAVAILABLE", f"redis unreachable: {exc}"
+
+
 def _s(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 

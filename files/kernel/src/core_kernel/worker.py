@@ -708,7 +708,8 @@ class Worker:
                     next_pel = min(next_pel, time.monotonic() + self.pel_interval_s)
                 backoff = 0.2
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                log.warning(kv("REDIS_UNAVAILABLE", {"error": str(exc), "retry_s": backoff}))
+                event, text = streams.redis_down(exc)
+                log.warning(kv(event, {"error": text, "retry_s": backoff}))
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 next_pel = 0.0  # something may be half done: read our PEL again first
