@@ -25,13 +25,9 @@ def ansible_playbook() -> str:
     return found
 
 
-def run_playbook(
-    tmp_path: Path, instance: str, inventory: str, playbook: str, *extra: str
-) -> tuple[int, str, float]:
-    """playbooks/<playbook> against the instance with inventory/<inventory>/group_vars only.
-
-    Returns (exit code, stdout + stderr, seconds).
-    """
+def _command(
+    tmp_path: Path, instance: str, inventory: str, playbook: str, extra: tuple[str, ...]
+) -> tuple[list[str], dict[str, str]]:
     inv = tmp_path / f"{inventory}-{playbook.removesuffix('.yml')}"
     inv.mkdir(exist_ok=True)
     if not (inv / "group_vars").exists():
@@ -47,9 +43,35 @@ def run_playbook(
     env["ANSIBLE_CONFIG"] = str(PROJECT / "ansible.cfg")
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    cmd = [ansible_playbook(), "-i", str(inv), f"playbooks/{playbook}", *extra]
+    return [ansible_playbook(), "-i", str(inv), f"playbooks/{playbook}", *extra], env
+
+
+def run_playbook(
+    tmp_path: Path, instance: str, inventory: str, playbook: str, *extra: str
+) -> tuple[int, str, float]:
+    """playbooks/<playbook> against the instance with inventory/<inventory>/group_vars only.
+
+    Returns (exit code, stdout + stderr, seconds).
+    """
+    cmd, env = _command(tmp_path, instance, inventory, playbook, extra)
     start = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+def start_playbook(
+    tmp_path: Path, instance: str, inventory: str, playbook: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """The same run in the background, in its own process group (so a test can kill all of it,
+    as a dropped SSH link or Ctrl-C would)."""
+    cmd, env = _command(tmp_path, instance, inventory, playbook, extra)
+    return subprocess.Popen(
+        cmd,
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

@@ -458,3 +458,23 @@ def test_refused_credentials_are_auth_failed_not_unreachable(
     assert "auth failed" in out + err, (out, err)
     assert "unreachable" not in out + err, (out, err)
     assert CANARY not in out + err
+
+
+def test_redis_url_from_stdin_keeps_the_password_off_the_command_line(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run(
+        ["stream-health", "--redis-url", "-"],
+        capsys,
+        stdin=redis_url + "\n",
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0 and json.loads(out)["stream"], out
+    code, _, err = run(
+        ["stream-health", "--redis-url", "-"], capsys, stdin="", monkeypatch=monkeypatch
+    )
+    assert code == 2 and "no URL on stdin" in err
+    code, _, err = run(
+        ["evaluate", "--redis-url", "-"], capsys, stdin="{}\n", monkeypatch=monkeypatch
+    )
+    assert code == 2 and "evaluate reads its intents on stdin" in err

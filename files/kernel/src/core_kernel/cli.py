@@ -692,6 +692,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _url_from_stdin(args: argparse.Namespace, stdin: Any) -> None:
+    """``--redis-url -``: the URL is the first line of stdin, so a password in it never stands
+    on a command line (``ps``); for every command but ``evaluate``, whose stdin is intents."""
+    if getattr(args, "redis_url", None) != "-":
+        return
+    if args.command == "evaluate":
+        raise UsageError("--redis-url=-: evaluate reads its intents on stdin; give the URL")
+    line = (stdin or sys.stdin).readline().strip()
+    if not line:
+        raise UsageError("--redis-url=-: no URL on stdin")
+    args.redis_url = line
+
+
 def main(argv: Sequence[str] | None = None, *, stdin: Any = None) -> int:
     """Run one subcommand; ``stdin`` replaces sys.stdin for ``evaluate`` (tests)."""
     parser = build_parser()
@@ -699,6 +712,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None) -> int:
     args.stdin = stdin
     out, err = sys.stdout, sys.stderr
     try:
+        _url_from_stdin(args, stdin)
         return int(args.func(args, out, err))
     except ConfigError as exc:
         for line in exc.errors:
