@@ -36,7 +36,8 @@ def _command(
         "quantum_kernel:\n"
         "  hosts:\n"
         f"    {instance}:\n"
-        "      ansible_connection: containers.podman.podman\n"
+        # the pipelined podman connection the scenarios use (scripts/lab/connection_plugins)
+        "      ansible_connection: lab_podman\n"
         "      ansible_python_interpreter: /usr/bin/python3\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
