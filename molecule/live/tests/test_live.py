@@ -227,3 +227,50 @@ def test_redis_refusals_are_distinct_say_why_and_change_nothing(
     assert says in line, line
     assert CANARY not in output
     assert host_state(host) == before
+
+
+def trading_state(host) -> str:
+    out = host.check_output("%s state --json --config %s", KERNEL, ENV_FILE)
+    return str(json.loads(out)["state"])
+
+
+def test_halt_holds_in_live_too_and_a_live_resume_needs_the_confirmation(host, instance, tmp_path):
+    """Issue 14: the operator's state is enforced in every mode; resume of a LIVE host needs
+    the LIVE deploy's confirmation (halt and reduce do not: stopping must never wait)."""
+    reason = "core_kernel_state_reason='molecule: live halt'"
+    rc, output, _ = run_playbook(tmp_path, instance, "live", "halt.yml", "-e", reason)
+    assert rc == 0, output[-3000:]
+    try:
+        assert trading_state(host) == "HALTED"
+        line = json.dumps({**INTENT, "trace_id": "live-halted-0001", "qty": "0.01"})
+        out = host.check_output(
+            "echo %s | %s evaluate --config %s --redis-url %s",
+            line,
+            KERNEL,
+            ENV_FILE,
+            "redis://127.0.0.1:6379/0",
+        )
+        result = json.loads(out.splitlines()[0])
+        assert result["mode"] == "LIVE", result
+        assert result["verdict"] == "HOLD" and result["reasons"][0] == "TRADING_HALTED", result
+
+        unconfirmed = "core_kernel_state_reason='molecule: resume, unconfirmed'"
+        rc, output, _ = run_playbook(tmp_path, instance, "live", "resume.yml", "-e", unconfirmed)
+        assert rc != 0
+        # the yaml callback folds long messages: compare with whitespace collapsed
+        unfolded = " ".join(output.split())
+        assert f"LIVE host: resume needs -e core_kernel_confirm_live={instance}" in unfolded
+        assert trading_state(host) == "HALTED"
+    finally:
+        rc, output, _ = run_playbook(
+            tmp_path,
+            instance,
+            "live",
+            "resume.yml",
+            "-e",
+            "core_kernel_state_reason='molecule: resume, confirmed'",
+            "-e",
+            f"core_kernel_confirm_live={instance}",
+        )
+    assert rc == 0, output[-3000:]
+    assert trading_state(host) == "ACTIVE"
