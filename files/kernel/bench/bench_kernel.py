@@ -1,4 +1,5 @@
-"""Kernel benchmark: pure evaluate, admit vs bare PING vs redis-benchmark, recovery sweep.
+"""Kernel benchmark: pure evaluate, admit vs bare PING vs redis-benchmark, recovery sweep,
+the cost of the worker's metrics per decision and their memory.
 
 Starts its own redis-server on a free loopback port. Not a test: it prints numbers. On a
 2-core machine where client and server share the cores, compare ratios from one run, not
@@ -17,6 +18,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -27,6 +29,7 @@ from core_kernel import streams
 from core_kernel.config import load_config
 from core_kernel.gates import StateOutcome, evaluate
 from core_kernel.intent import Intent, encode_intent, parse_intent
+from core_kernel.metrics import WorkerMetrics
 from core_kernel.mode import TradingMode, report_for
 from core_kernel.recovery import recover
 from core_kernel.store import KernelStore
@@ -35,6 +38,8 @@ from core_kernel.store import KernelStore
 ADMIT_GOAL_US = 50.0
 #: issue 11: pure decisions per second
 EVALUATE_GOAL_PER_S = 100_000
+#: issue 13: what the worker's metrics may add to one decision
+METRICS_GOAL_US = 5.0
 
 
 def free_port() -> int:
@@ -137,6 +142,70 @@ def bench_evaluate(n: int) -> dict[str, float]:
         )
         data = intent_fields(0, text)
         out[f"parse_{label}"] = round(_best_rate(lambda d=data: parse_intent(d), n))
+    return out
+
+
+def bench_metrics(n: int) -> dict[str, Any]:
+    """One decision with the worker's metrics on vs off, in the same run.
+
+    On, a decision pays what the worker records for it: the decision counter, the admit
+    histogram, the entry counter and the last-processed gauge (worker.on_decision,
+    handle, on_entry, on_processed). The decision itself is ``evaluate`` on a parsed intent.
+    """
+    params = load_config(environ={}).gate_params()
+    state = StateOutcome(since_ms=1_000_000, trades=0)
+    it = intent(0)
+    m = WorkerMetrics("TESTNET", process=False)
+
+    def off() -> None:
+        evaluate(it, params, TradingMode.TESTNET, state)
+
+    def on() -> None:
+        d = evaluate(it, params, TradingMode.TESTNET, state)
+        m.decision(d)
+        m.admit_seconds.observe(0.0004)
+        m.entry("handled")
+        m.processed()
+
+    # Interleaved rounds, best of each: the machine's noise hits both alike.
+    rate_off = rate_on = 0.0
+    for _ in range(3):
+        rate_off = max(rate_off, _best_rate(off, n))
+        rate_on = max(rate_on, _best_rate(on, n))
+    added_us = (1 / rate_on - 1 / rate_off) * 1e6
+    return {
+        "decision_off_per_s": round(rate_off),
+        "decision_on_per_s": round(rate_on),
+        "added_us_per_decision": round(added_us, 2),
+        "goal_met": added_us <= METRICS_GOAL_US,
+        "rss": _metrics_rss(),
+    }
+
+
+_RSS_PROBE = """
+import resource, sys
+from core_kernel import worker
+if sys.argv[1] == "on":
+    from core_kernel.metrics import WorkerMetrics, serve
+    m = WorkerMetrics("TESTNET")
+    serve(m.registry, "127.0.0.1:" + sys.argv[2], "bench")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _metrics_rss() -> dict[str, int]:
+    """Peak RSS (KiB) of a process that has imported the worker, with and without its metrics
+    registry and HTTP server: what the metrics add to the worker's memory."""
+    out: dict[str, int] = {}
+    for label in ("off", "on"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _RSS_PROBE, label, str(free_port())],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[f"worker_import_{label}_kib"] = int(proc.stdout.split()[-1])
+    out["added_kib"] = out["worker_import_on_kib"] - out["worker_import_off_kib"]
     return out
 
 
@@ -325,6 +394,7 @@ def main() -> None:
                 "redis_version": version,
                 "redis_py": redis.__version__,
                 "evaluate_per_s": bench_evaluate(n_eval),
+                "metrics": bench_metrics(n_eval),
                 "admit_vs_ping_one_connection": bench_admit_vs_ping(port, n_admit, admit_rounds),
                 "redis_benchmark_c1": bench_redis_benchmark(port),
                 "recovery": [bench_recovery(port, n_rec, b) for b in (100, 200)],
@@ -335,12 +405,18 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     a = result["admit_vs_ping_one_connection"]
     e = result["evaluate_per_s"]
+    m = result["metrics"]
     diff = a["admit_p50_minus_ping_p50_us"]
     eval_ok = min(e["float_inputs"], e["text_inputs"]) >= EVALUATE_GOAL_PER_S
     print(
         f"\nevaluate: {e['float_inputs']:,}/s (floats), {e['text_inputs']:,}/s (text)   "
         f"goal >= {EVALUATE_GOAL_PER_S:,}/s: {'MET' if eval_ok else 'NOT MET'}\n"
         f"parse: {e['parse_float_inputs']:,}/s (floats), {e['parse_text_inputs']:,}/s (text)\n"
+        f"metrics: decision {m['decision_off_per_s']:,}/s off, {m['decision_on_per_s']:,}/s on: "
+        f"+{m['added_us_per_decision']} us per decision   goal <= {METRICS_GOAL_US:g} us: "
+        f"{'MET' if m['goal_met'] else 'NOT MET'}\n"
+        f"  worker process peak RSS {m['rss']['worker_import_off_kib']:,} KiB without metrics, "
+        f"{m['rss']['worker_import_on_kib']:,} KiB with (+{m['rss']['added_kib']:,} KiB)\n"
         f"redis-py PING: {a['ping_per_s']:,}/s p50 {a['ping_p50_us']} us\n"
         f"admit: {a['admit_per_s']:,}/s p50 {a['admit_p50_us']} us p99 {a['admit_p99_us']} us\n"
         f"  admit p50 - PING p50 = {diff} us   goal <= {ADMIT_GOAL_US:g} us: "

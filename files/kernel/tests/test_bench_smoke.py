@@ -26,3 +26,6 @@ def test_bench_quick_runs() -> None:
     for run in data["recovery"]:
         assert run["reclaimed"] == run["entries"]
     assert data["redis_benchmark_c1"]["PING_INLINE"]["rps"] > 0
+    metrics = data["metrics"]
+    assert metrics["decision_on_per_s"] > 0 and metrics["decision_off_per_s"] > 0
+    assert metrics["rss"]["worker_import_on_kib"] > 0

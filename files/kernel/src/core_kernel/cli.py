@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 import redis
@@ -45,12 +46,13 @@ from core_kernel.gates import jsonable
 from core_kernel.health import stream_health
 from core_kernel.intent import IntentError, loads_json, parse_intent
 from core_kernel.log import setup_logging
+from core_kernel.metrics import SweepRun, stream_metrics, write_sweep_textfile
 from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
 from core_kernel.protections import Limits
-from core_kernel.recovery import FileEventLog, recover
+from core_kernel.recovery import FileEventLog, RecoverySummary, recover
 from core_kernel.store import KernelStore, admit_script
-from core_kernel.streams import redis_down
+from core_kernel.streams import GROUP, redis_down
 from core_kernel.trading_state import (
     TradingState,
     audit_log,
@@ -185,15 +187,20 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if log.error:
         err.write(f"recover: {log.error}; logging to stderr\n")
     client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+    started = time.time()
+    textfile = _SweepTextfile(args.textfile, started, err)
     try:
         summary = recover(client, config, mode, log)
+        textfile.write(summary, _sweep_health(client, config))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         text = redis_down(exc)[1]
         log("RECOVER_FAILED", {"error": text})
+        textfile.write(None, {})
         _print_json({"ok": False, "error": text, "mode": mode.mode}, out)
         return EXIT_REDIS_DOWN
     except redis.RedisError as exc:
         log("RECOVER_FAILED", {"error": f"{type(exc).__name__}: {exc}"})
+        textfile.write(None, {})
         _print_json({"ok": False, "error": f"{type(exc).__name__}: {exc}"}, out)
         return EXIT_REDIS_ERROR
     finally:
@@ -204,6 +211,44 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         data["log_error"] = log.error
     _print_json(data, out)
     return EXIT_OK if summary.ok else EXIT_FAIL
+
+
+def _sweep_health(client: redis.Redis, config: KernelConfig) -> dict[str, float]:
+    """The stream gauges for the textfile; {} when they cannot be read (the sweep's own result
+    stands: a failed health read after a good sweep is not a failed sweep)."""
+    try:
+        health = stream_health(client, dead_letter_stream=config.dead_letter_stream)
+    except redis.RedisError:
+        return {}
+    return stream_metrics(health, GROUP)
+
+
+class _SweepTextfile:
+    """The sweep's textfile for node_exporter (``--textfile``), written on every run, a failed
+    one too. Writing it never changes the sweep's exit code: a write error is one stderr line,
+    and the stale file then makes the "sweep not succeeding" alert fire."""
+
+    def __init__(self, path: str | None, started: float, err: TextIO) -> None:
+        self.path = Path(path) if path else None
+        self.started = started
+        self.err = err
+
+    def write(self, summary: RecoverySummary | None, health: dict[str, float]) -> None:
+        if self.path is None:
+            return
+        ok = summary is not None and summary.ok
+        counts = {"errors": 0 if ok else 1}
+        if summary is not None:
+            counts.update(
+                reclaimed=summary.reclaimed,
+                dead_lettered=summary.dead_lettered,
+                zombies_deleted=len(summary.zombies_deleted),
+            )
+        run = SweepRun(self.started, time.time(), ok, counts, health)
+        try:
+            write_sweep_textfile(self.path, run)
+        except OSError as exc:
+            self.err.write(f"recover: --textfile {self.path}: {exc.strerror or exc}\n")
 
 
 class _GuardedLog:
@@ -242,7 +287,11 @@ def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     config = _load(args)
     client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
     try:
-        data = stream_health(client, zombie_idle_ms=config.zombie_idle_ms)
+        data = stream_health(
+            client,
+            zombie_idle_ms=config.zombie_idle_ms,
+            dead_letter_stream=config.dead_letter_stream,
+        )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         _print_json({"ok": False, "error": redis_down(exc)[1]}, out)
         return EXIT_REDIS_DOWN
@@ -618,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="(the summary is always JSON)")
     p.add_argument("--redis-url", metavar="URL")
     p.add_argument("--log", metavar="PATH", help="event log (default: STREAM_RECOVER_LOG)")
+    p.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="write the sweep's metrics here for node_exporter's textfile collector",
+    )
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("stream-health", parents=[common], help="JSON snapshot of the stream")

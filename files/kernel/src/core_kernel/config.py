@@ -8,6 +8,7 @@ never fall back to a default). From the process environment only known keys are 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -72,6 +73,30 @@ def _check_bool_text(value: str) -> str:
     if not value.isascii() or value.strip().lower() not in _BOOL_TEXTS:
         raise ValueError("must be true or false")
     return value
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` on loopback (``127.0.0.1:9478``, ``[::1]:9478``), or None for ''.
+
+    Loopback only: the numbers describe the account's trading; a Prometheus elsewhere reaches
+    them through the operator's own tunnel or proxy.
+    """
+    if value == "":
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError("must be host:port (e.g. 127.0.0.1:9478) or empty")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port_text}: must be 1..65535")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        raise ValueError(f"{host!r}: must be a loopback IP address (127.0.0.1 or [::1])") from None
+    if not address.is_loopback:
+        raise ValueError(f"{host}: not a loopback address (metrics are served on loopback only)")
+    return bare, port
 
 
 class KernelConfig(BaseSettings):
@@ -155,6 +180,17 @@ class KernelConfig(BaseSettings):
     # Market data older than this is not used (the limit holds instead). Binance updates the
     # mark price every second; 3 s allows one missed update plus a round trip.
     market_data_max_age_ms: int = Field(3000, alias="MARKET_DATA_MAX_AGE_MS", ge=100, le=60000)
+
+    # metrics (issue 13) -------------------------------------------------------------------------
+    # Where the reference worker and router serve /metrics: loopback host:port, empty = off.
+    worker_metrics_listen: str = Field("", alias="WORKER_METRICS_LISTEN")
+    router_metrics_listen: str = Field("", alias="ROUTER_METRICS_LISTEN")
+
+    @field_validator("worker_metrics_listen", "router_metrics_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
 
     @field_validator("binance_position_mode")
     @classmethod

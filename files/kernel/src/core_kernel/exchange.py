@@ -262,6 +262,9 @@ class FuturesExchange:
         self.position_mode = position_mode
         self.clock = clock
         self.sleep = sleep
+        #: Told (HTTP status or None for a transport error, Binance code or None) about every
+        #: error answer, retried ones too: the worker's metrics count what the exchange said.
+        self.on_error: Callable[[int | None, int | None], None] | None = None
         self.offset_ms: int | None = None
         self._synced_at = 0.0
         self._server_at_sync = 0
@@ -407,7 +410,8 @@ class FuturesExchange:
                 return dict(order)
             except BinanceAPIException as exc:
                 if exc.code == ORDER_NOT_FOUND:
-                    return None
+                    return None  # the answer, not an error
+                self._told(int(exc.status_code or 0), exc.code)
                 if exc.code == TIMESTAMP_OUTSIDE and not resynced:
                     self._resync()
                     continue
@@ -416,6 +420,8 @@ class FuturesExchange:
                     f"{exc.message}"
                 ) from exc
             except (requests.RequestException, BinanceRequestException, ExchangeError) as exc:
+                if not isinstance(exc, ExchangeError):  # those were told where they happened
+                    self._told(None, None)
                 raise OrderStatusUnknown(
                     f"lookup client_order_id={cid}: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -501,6 +507,7 @@ class FuturesExchange:
                 placed = create(**order.params)
             except BinanceAPIException as exc:
                 status = int(exc.status_code or 0)
+                self._told(status, exc.code)
                 if status in (418, 429):
                     rate_limited += 1
                     wait = _retry_after(exc, self.max_backoff_s)
@@ -542,6 +549,7 @@ class FuturesExchange:
                     f"HTTP {status} code={exc.code}: {exc.message}", exc.code, status
                 ) from exc
             except (requests.RequestException, BinanceRequestException) as exc:
+                self._told(None, None)
                 raise self._unknown(order, f"{type(exc).__name__}: {exc}", trace_id) from exc
             events.append(f"created:{attempt}")
             return OrderResult(order.cid, dict(placed), False, attempt, rate_limited, events)
@@ -565,6 +573,10 @@ class FuturesExchange:
         )
         return OrderStatusUnknown(f"client_order_id={order.cid}: {error}", not_before)
 
+    def _told(self, status: int | None, code: Any) -> None:
+        if self.on_error is not None:
+            self.on_error(status or None, code if isinstance(code, int) else None)
+
     def _resync(self) -> None:
         try:
             self.sync_time()
@@ -578,6 +590,7 @@ class FuturesExchange:
                 return fn()
             except BinanceAPIException as exc:
                 status = int(exc.status_code or 0)
+                self._told(status, exc.code)
                 if status in (418, 429) or status >= 500:
                     wait = (
                         _retry_after(exc, self.max_backoff_s)
@@ -592,6 +605,7 @@ class FuturesExchange:
                     continue
                 raise OrderStatusUnknown(f"HTTP {status} code={exc.code}: {exc.message}") from exc
             except (requests.RequestException, BinanceRequestException) as exc:
+                self._told(None, None)
                 if attempt == self.max_attempts:
                     raise OrderStatusUnknown(f"{type(exc).__name__}: {exc}") from exc
                 self.sleep(self.retry_pause_s * attempt)

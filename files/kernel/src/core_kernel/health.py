@@ -15,11 +15,19 @@ def stream_health(
     stream: str = STREAM,
     group: str | None = GROUP,
     zombie_idle_ms: int | None = None,
+    dead_letter_stream: str | None = None,
 ) -> dict[str, Any]:
-    """Stream length, groups (pending, lag, last delivered), consumers (idle, pending)."""
+    """Stream length, groups (pending, age of the oldest pending entry, lag, last delivered),
+    consumers (idle, pending), and the dead-letter stream's length when it is named.
+
+    The recovery sweep's textfile metrics are these numbers (metrics.stream_metrics).
+    """
     out: dict[str, Any] = {"stream": stream, "exists": bool(client.exists(stream))}
     info = client.info("server")
     out["redis_version"] = _s(info.get("redis_version", ""))
+    if dead_letter_stream is not None:
+        out["dead_letter_stream"] = dead_letter_stream
+        out["dead_letter_length"] = int(client.xlen(dead_letter_stream))
     if not out["exists"]:
         out.update({"length": 0, "groups": [], "healthy": False, "problems": ["stream missing"]})
         return out
@@ -37,6 +45,7 @@ def stream_health(
             "entries_read": None if g.get("entries-read") is None else int(g["entries-read"]),
             "lag": None if lag is None else int(lag),
         }
+        entry["oldest_pending_age_ms"] = _oldest_pending_age_ms(client, stream, name)
         consumers = _consumers(client, stream, name)
         for c in consumers:
             c["inactive_or_idle_ms"] = consumer_inactive_ms(c)
@@ -54,3 +63,15 @@ def stream_health(
     out["problems"] = problems
     out["healthy"] = not problems
     return out
+
+
+def _oldest_pending_age_ms(client: redis.Redis, stream: str, group: str) -> int | None:
+    """Age of the group's oldest pending entry by its id (the time it was added, on Redis's
+    clock), so a reclaim or a redelivery does not make it young again; None if none pending."""
+    summary = client.xpending(stream, group)
+    lowest = summary.get("min") if summary else None
+    if not summary or not summary.get("pending") or lowest is None:
+        return None
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return max(now_ms - int(_s(lowest).split("-", 1)[0]), 0)

@@ -34,6 +34,8 @@ from core_kernel import consume, streams
 from core_kernel.config import KernelConfig, check_redis_url, load_service_config, redact_url
 from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
+from core_kernel.metrics import RouterMetrics
+from core_kernel.metrics import serve as metrics_serve
 from core_kernel.worker import sd_notify
 
 log = logging.getLogger("core_kernel.router")
@@ -88,7 +90,7 @@ def _lines(source: str) -> Iterator[bytes]:
         yield from fh
 
 
-def serve(client: redis.Redis, *, block_s: int = 2) -> int:
+def serve(client: redis.Redis, *, block_s: int = 2, metrics: RouterMetrics | None = None) -> int:
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -121,6 +123,8 @@ def serve(client: redis.Redis, *, block_s: int = 2) -> int:
         try:
             outcome = publish_text(client, item[1])
         except redis.RedisError:
+            if metrics is not None:
+                metrics.outcome("redis")
             # Not this intent's fault (e.g. a stream key of the wrong type): put it back at the
             # head of the inbox before main() reports the error and exits, so it is not lost.
             client.lpush(INBOX, item[1])
@@ -130,6 +134,8 @@ def serve(client: redis.Redis, *, block_s: int = 2) -> int:
             log.warning(kv("INTENT_INVALID", {"error": outcome[6:]}))
         else:
             counts[outcome] += 1
+        if metrics is not None:
+            metrics.outcome("invalid" if outcome.startswith("error:") else outcome)
     sd_notify("STOPPING=1")
     log.info(kv("ROUTER_STOP", counts))
     return 0
@@ -358,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
             _print(counts, sys.stdout)
             return 1 if counts["invalid"] else 0
         if args.command == "serve":
-            return serve(client)
+            metrics = None
+            if config.router_metrics_listen:
+                metrics = RouterMetrics()
+                metrics_serve(metrics.registry, config.router_metrics_listen, "strategy-router")
+            return serve(client, metrics=metrics)
         url = args.exchange_url or (config.binance_futures_url or "http://127.0.0.1:18080/fapi")
         url = url.removesuffix("/").removesuffix("/fapi")
         summary = demo(client, config, args.phase, url, args.timeout, args.run_id)

@@ -74,8 +74,10 @@ from core_kernel.intent import Intent
 from core_kernel.lease import OrderLease, Taken
 from core_kernel.log import kv, setup_logging
 from core_kernel.market import MarketData, needs_market
+from core_kernel.metrics import WorkerMetrics, serve
 from core_kernel.mode import TradingMode, detect_mode
 from core_kernel.store import KernelStore
+from core_kernel.trading_state import read_state
 
 log = logging.getLogger("core_kernel.worker")
 
@@ -235,6 +237,7 @@ class Worker:
         pel_interval_s: float = 1.0,
         batch: int = 10,
         lease: OrderLease | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.redis = client
         self.raw = consume.raw_client(client)
@@ -258,6 +261,9 @@ class Worker:
         self.market = MarketData(exchange, config) if needs_market(config) else None
         self._inflight_on = inflight.limits_on(config)
         self.stats = WorkerStats()
+        self.metrics = metrics
+        if metrics is not None:
+            exchange.on_error = metrics.exchange_error
         self.stopping = False
         self._run_id: str | None = None
         self._suspect_until = 0.0
@@ -267,9 +273,13 @@ class Worker:
     # outcome accounting: one method per event, so instrumentation is one call each --------
     def on_read(self, count: int) -> None:
         self.stats.reads += 1
+        if self.metrics is not None:
+            self.metrics.read()
 
     def on_decision(self, decision: Decision) -> None:
         self.stats.decisions += 1
+        if self.metrics is not None:
+            self.metrics.decision(decision)
         if decision.verdict is GateVerdict.HOLD:
             self.stats.holds += 1
             primary = decision.primary.value
@@ -287,6 +297,8 @@ class Worker:
             self.stats.unknown += 1
         else:
             self.stats.failed += 1
+        if self.metrics is not None:
+            self.metrics.order(outcome)
         log.info(kv("ORDER_OUTCOME", {"outcome": outcome, "trace_id": trace_id, "detail": detail}))
 
     def on_exchange_error(self, exc: ExchangeError) -> None:
@@ -308,11 +320,15 @@ class Worker:
             self.stats.invalid += 1
         elif outcome == "retry":
             self.stats.transient += 1
+        if self.metrics is not None:
+            self.metrics.entry(outcome)
         level = logging.INFO if outcome == "handled" else logging.WARNING
         log.log(level, kv("ENTRY_" + outcome.upper(), {"entry_id": entry.id, "why": why}))
 
     def on_processed(self, result: Mapping[str, Any]) -> None:
         self.stats.processed += 1
+        if self.metrics is not None:
+            self.metrics.processed()
         log.info(
             kv(
                 "INTENT_DONE",
@@ -359,9 +375,12 @@ class Worker:
             consume.ack(self.raw, entry.id)
             self.on_entry("handled", entry, "deleted from the stream")
             return
+        started = time.perf_counter()
         intent, decision = self.store.admit_entry(
             entry.fields, entry.id, None if self.market is None else self.market.for_intent
         )
+        if self.metrics is not None:
+            self.metrics.admit_seconds.observe(time.perf_counter() - started)
         self.on_decision(decision)
         key = decision.trace_id or f"entry:{entry.id}"
         result: dict[str, Any] = {
@@ -422,6 +441,10 @@ class Worker:
             self._suspect_until = time.monotonic() + self.window_ms / 1000
         self._run_id = run_id
 
+    def _watch_state(self) -> None:
+        if self.metrics is not None:
+            self.metrics.state(read_state(self.redis, self.store.key_prefix).state)
+
     def _over_limit(
         self, entry: consume.StreamEntry, key: str, result: dict[str, Any], decision: Decision
     ) -> None:
@@ -459,7 +482,7 @@ class Worker:
                 dlq=self.config.dead_letter_stream,
             )
             self.on_entry("dead_lettered", entry, dlq[0])
-        self.redis.hdel(ORDER_UNKNOWN_KEY, entry.id)
+        self._unmark(entry.id)
         if self._inflight_on:
             self._settle_inflight(result)
         cid = result.get("client_order_id")
@@ -507,6 +530,13 @@ class Worker:
 
     def _mark(self, entry_id: str, record: _Unknown) -> None:
         self.redis.hset(ORDER_UNKNOWN_KEY, entry_id, record.to_json())
+        if self.metrics is not None:
+            self.metrics.unknown(entry_id, record.state == "unknown")
+
+    def _unmark(self, entry_id: str) -> None:
+        self.redis.hdel(ORDER_UNKNOWN_KEY, entry_id)
+        if self.metrics is not None:
+            self.metrics.unknown(entry_id, False)
 
     def _execute(
         self, entry: consume.StreamEntry, intent: Intent, cid: str, redelivered: bool
@@ -542,6 +572,7 @@ class Worker:
             kwargs["price"] = intent.price
         if intent.stop_price is not None:
             kwargs["stop_price"] = intent.stop_price
+        started = time.perf_counter()
         try:
             placed = self.exchange.place_order(
                 cid, intent.symbol, intent.side, intent.qty, **kwargs
@@ -564,6 +595,9 @@ class Worker:
             deadline = int(time.time() * 1000) + self.window_ms
             self._unknown(entry, trace_id, cid, deadline, f"{type(exc).__name__}: {exc}")
             raise Transient(f"order_unknown: {type(exc).__name__}") from exc
+        finally:
+            if self.metrics is not None:
+                self.metrics.order_seconds.observe(time.perf_counter() - started)
         if not placed.recovered:
             self._maybe_crash()
         self.on_order("recovered" if placed.recovered else "placed", trace_id, placed.order_id)
@@ -627,12 +661,20 @@ class Worker:
     def prune_unknown(self) -> None:
         """Drop records of entries no longer pending (another process with our name finished
         them while we waited): the hash lists only what is really unsettled."""
-        for entry_id in self.redis.hkeys(ORDER_UNKNOWN_KEY):
+        unknown: set[str] = set()
+        for entry_id, raw in self.redis.hgetall(ORDER_UNKNOWN_KEY).items():
             rows = self.raw.xpending_range(
                 streams.STREAM, streams.GROUP, min=entry_id, max=entry_id, count=1
             )
             if not rows:
                 self.redis.hdel(ORDER_UNKNOWN_KEY, entry_id)
+                continue
+            record = _Unknown.from_json(raw)
+            if record is not None and record.state == "unknown":
+                unknown.add(streams._s(entry_id))
+        if self.metrics is not None:
+            # What Redis says, records a previous process left included.
+            self.metrics.unknown_now(unknown)
 
     def drain_own_pending(self, *, count_delivery: bool = False) -> None:
         self.prune_unknown()
@@ -692,6 +734,7 @@ class Worker:
                 now = time.monotonic()
                 if now >= next_pel:
                     self._watch_redis()
+                    self._watch_state()
                     # The first read after a start counts: the previous process died holding it.
                     self.drain_own_pending(count_delivery=first)
                     first = False
@@ -710,6 +753,8 @@ class Worker:
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 event, text = streams.redis_down(exc)
                 log.warning(kv(event, {"error": text, "retry_s": backoff}))
+                if self.metrics is not None:
+                    self.metrics.redis_down()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 next_pel = 0.0  # something may be half done: read our PEL again first
@@ -820,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+    metrics: WorkerMetrics | None = None
+    if config.worker_metrics_listen:
+        metrics = WorkerMetrics(mode.value)
+        serve(metrics.registry, config.worker_metrics_listen, "execution-worker")
     worker = Worker(
         client,
         config,
@@ -828,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         consumer=args.consumer,
         block_ms=args.block_ms,
         pel_interval_s=args.pel_interval,
+        metrics=metrics,
     )
     held["worker"] = worker
     worker.stopping = bool(held["stop"])
