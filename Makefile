@@ -36,6 +36,7 @@ help:
 	@echo "make lab-image    build localhost/quantum-lab (cached by input hash)"
 	@echo "make lab          start the lab host container $(LAB); make lab-down removes it"
 	@echo "make lint | test-kernel | molecule | bench | clean | constraints"
+	@echo "             (lint includes the alert rules: render check, promtool check + test rules)"
 
 # --- venv ----------------------------------------------------------------------------------------
 venv: $(STAMP)
@@ -104,6 +105,7 @@ lint: venv
 	$(TIMED) ruff-check ruff check $(KERNEL) $(PY_EXTRA)
 	$(TIMED) ruff-format ruff format --check $(KERNEL) $(PY_EXTRA)
 	$(TIMED) mypy bash -c 'cd $(KERNEL) && mypy'
+	$(TIMED) alert-rules scripts/monitoring/test_rules.sh
 
 # pytest exits 5 when it collects nothing; that fails here like any other non-zero exit.
 test-kernel: venv

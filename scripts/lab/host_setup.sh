@@ -12,6 +12,7 @@ set -euo pipefail
 PACKAGES=(
   podman runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit
   containernetworking-plugins iptables redis-server make python3-venv git ca-certificates
+  prometheus
 )
 CONF=/etc/containers/containers.conf
 changes=0
@@ -39,6 +40,12 @@ if ((${#missing[@]})); then
     apt-get update -qq
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+  # Debian's prometheus is here for promtool (the alert-rule tests); its postinst also starts a
+  # server this machine does not need. Stopped only when this run installed it.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    change "prometheus.service stopped and disabled (only promtool is used here)"
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || pkill -x prometheus || true
+  fi
 else
   say "apt packages already installed: ${PACKAGES[*]}"
 fi
