@@ -17,6 +17,7 @@ TIMER = "quantum-stream-recover.timer"
 SCRIPT = "/usr/local/bin/quantum_stream_recover.sh"
 LOG_DIR = "/var/log/quantum"
 LOG = f"{LOG_DIR}/stream_recover.log"
+TEXTFILE_DIR = "/var/lib/quantum-metrics"
 LOGROTATE = "/etc/logrotate.d/quantum-stream-recover"
 ENV_FILE = "/etc/quantum/core_gates.env"
 STREAM = "quantum:stream:trade.intent"
@@ -188,7 +189,8 @@ def test_service_hardening_effective_in_unit(host):
         "After",
     )
     assert props["ProtectSystem"] == "strict"
-    assert props["ReadWritePaths"] == LOG_DIR
+    # the log and the sweep's textfile directory, nothing else
+    assert props["ReadWritePaths"].split() == [LOG_DIR, TEXTFILE_DIR]
     assert props["NoNewPrivileges"] == "yes"
     assert props["PrivateTmp"] == "yes"
     assert props["CapabilityBoundingSet"] == ""
