@@ -23,9 +23,9 @@ SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/m
 # default first, then the others in name order
 SCENARIOS := $(filter default,$(SCENARIOS)) $(filter-out default,$(SCENARIOS))
 KERNEL    := files/kernel
-PY_EXTRA  := scripts/lab molecule roles
+PY_EXTRA  := scripts/lab molecule roles tests
 
-.PHONY: help venv constraints host-setup lab-image lab lab-down deploy test lint test-kernel \
+.PHONY: help venv constraints host-setup lab-image lab lab-down deploy test lint test-kernel test-controller \
         molecule molecule-lane-a molecule-lane-b bench clean
 
 help:
@@ -35,7 +35,7 @@ help:
 	@echo "make host-setup   apt packages + /etc/containers/containers.conf (prints what changes)"
 	@echo "make lab-image    build localhost/quantum-lab (cached by input hash)"
 	@echo "make lab          start the lab host container $(LAB); make lab-down removes it"
-	@echo "make lint | test-kernel | molecule | bench | clean | constraints"
+	@echo "make lint | test-kernel | test-controller | molecule | bench | clean | constraints"
 	@echo "             (lint includes the alert rules: render check, promtool check + test rules)"
 
 # --- venv ----------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ test:
 	@trap '$(TIMED) --report' EXIT; \
 	  $(TIMED) "venv + lab-image (parallel)" $(MAKE) --no-print-directory -j2 venv lab-image && \
 	  $(MAKE) --no-print-directory lint && \
-	  $(MAKE) --no-print-directory test-kernel && \
+	  $(MAKE) --no-print-directory -j2 test-kernel test-controller && \
 	  $(MAKE) --no-print-directory molecule
 
 lint: venv
@@ -111,6 +111,10 @@ lint: venv
 test-kernel: venv
 	@command -v redis-server >/dev/null || { echo "test-kernel: redis-server not on PATH (make host-setup)" >&2; exit 1; }
 	$(TIMED) kernel-pytest bash -c 'cd $(KERNEL) && pytest -p no:cacheprovider -q'
+
+# The roles' controller-side tests (no container: the wheelhouse built for other platforms).
+test-controller: venv
+	$(TIMED) controller-pytest pytest -p no:cacheprovider -q tests
 
 molecule: venv lab-image
 	@test -n "$(strip $(SCENARIOS))" || { echo "molecule: no scenarios found" >&2; exit 1; }

@@ -6,8 +6,8 @@ another host - its architecture fact overridden, or a stand-in core_kernel_pytho
 the probe as an old or a musl Python would. The wheels come from the package index into a
 temporary directory (pip's cache too), built for aarch64 and for x86_64 whatever this machine is.
 
-It runs in the default scenario's verify (make test) and alone:
-    pytest -p no:cacheprovider molecule/default/tests/test_wheelhouse.py
+It runs in `make test-controller` (part of make test, beside the kernel's pytest) and alone:
+    pytest -p no:cacheprovider tests/test_wheelhouse.py
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-PROJECT = Path(__file__).resolve().parents[3]
+PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "molecule"))
 from controller import ansible_playbook  # noqa: E402
 
