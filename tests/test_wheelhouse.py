@@ -479,11 +479,11 @@ def test_concurrent_builds_of_one_target_all_succeed_and_publish_one_wheelhouse(
     _, _, build_dir = built
     tmp = build_dir.parent
     shared = tmp / "concurrent"
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=6) as pool:
         outs = list(
             pool.map(
                 lambda _: run(tmp, "--limit", "arm1", "-e", f"core_kernel_build_dir={shared}")[0],
-                range(3),
+                range(6),
             )
         )
     for out in outs:
