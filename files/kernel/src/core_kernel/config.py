@@ -68,6 +68,15 @@ _ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
 _BOOL_TEXTS = frozenset({""}) | TRUE_TEXTS | FALSE_TEXTS
 
 
+def split_paths(value: str) -> list[str]:
+    """APPLICATION_ENV_FILES: comma-separated absolute paths (ValueError names the bad one)."""
+    paths = [part.strip() for part in value.split(",") if part.strip()]
+    for path in paths:
+        if not (path.isascii() and path.isprintable() and path.startswith("/")) or " " in path:
+            raise ValueError(f"{path!r}: must be an absolute path without spaces")
+    return paths
+
+
 def _check_bool_text(value: str) -> str:
     # ASCII first: str.lower() maps some non-ASCII letters onto ASCII ones.
     if not value.isascii() or value.strip().lower() not in _BOOL_TEXTS:
@@ -142,6 +151,17 @@ class KernelConfig(BaseSettings):
     binance_api_key: str = Field("", alias="BINANCE_API_KEY", repr=False)
     binance_api_secret: str = Field("", alias="BINANCE_API_SECRET", repr=False)
 
+    # the application's environment and the kernel's secrets (issue 12) -------------------------
+    # The mode keys above are the application's: the kernel's file does not carry them. Commands
+    # run outside the services (gate-proof, recover, mode, evaluate on the host) read them from
+    # the application's own env files named here (comma-separated absolute paths; only the mode
+    # keys are taken, a missing or unreadable file is skipped as systemd's `-` prefix does).
+    application_env_files: str = Field("", alias="APPLICATION_ENV_FILES")
+    # Secrets live apart from the 0640 env file, in a root-only file the drop-ins load through
+    # systemd; commands run as root read it from here.
+    secrets_file: str = Field("", alias="CORE_KERNEL_SECRETS_FILE")
+    redis_password: str = Field("", alias="CORE_KERNEL_REDIS_PASSWORD", repr=False)
+
     # exactly-once (issue 10) ------------------------------------------------------------------
     # How long a signed request stays executable on the exchange (Binance allows <= 60000 and
     # recommends <= 5000); it bounds how long an ambiguous send must be waited out.
@@ -191,6 +211,28 @@ class KernelConfig(BaseSettings):
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("application_env_files")
+    @classmethod
+    def _check_app_env_files(cls, value: str) -> str:
+        split_paths(value)
+        return value
+
+    @field_validator("secrets_file")
+    @classmethod
+    def _check_secrets_file(cls, value: str) -> str:
+        if value and not (value.isascii() and value.startswith("/") and value.isprintable()):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _password_once(self) -> KernelConfig:
+        if self.redis_password and urlparse(self.redis_url).password is not None:
+            raise ValueError(
+                "CORE_KERNEL_REDIS_PASSWORD is set and the Redis URL carries a password too: "
+                "give it in one place"
+            )
+        return self
 
     @field_validator("binance_position_mode")
     @classmethod
@@ -438,7 +480,9 @@ def check_redis_url(value: str) -> str:
 
 
 #: keys whose value is a secret as a whole: never echoed, in an error or a dump
-SECRET_KEYS: frozenset[str] = frozenset({"BINANCE_API_KEY", "BINANCE_API_SECRET"})
+SECRET_KEYS: frozenset[str] = frozenset(
+    {"BINANCE_API_KEY", "BINANCE_API_SECRET", "CORE_KERNEL_REDIS_PASSWORD"}
+)
 #: keys whose value is a URL that may carry a password
 URL_KEYS: frozenset[str] = frozenset({KERNEL_REDIS_URL_KEY, APP_REDIS_URL_KEY})
 
@@ -529,6 +573,78 @@ def resolve_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]
 
 
 MAX_CONFIG_BYTES = 1 << 20
+APP_ENV_FILES_KEY = "APPLICATION_ENV_FILES"
+SECRETS_FILE_KEY = "CORE_KERNEL_SECRETS_FILE"
+#: What the secrets file may hold: the kernel's own secrets, nothing else.
+SECRETS_FILE_KEYS = frozenset(
+    {"CORE_KERNEL_REDIS_PASSWORD", "BINANCE_API_KEY", "BINANCE_API_SECRET"}
+)
+_MODE_LINE = re.compile(
+    r"^\s*(?:export\s+)?(TRADING_MODE|BINANCE_TESTNET|USE_BINANCE_TESTNET)\s*=(.*)$"
+)
+
+
+def _application_mode(paths_text: str) -> dict[str, str]:
+    """The mode keys of the application's env files, later files winning (systemd's order).
+
+    Only the three mode keys are read: the files also hold the application's own secrets,
+    which the kernel has no business holding. A file that is missing or unreadable (a command
+    run by an unprivileged user) is skipped: the mode is then what the environment says, or
+    UNKNOWN - which enforces every gate and lets recovery only report.
+    """
+    try:
+        paths = split_paths(paths_text)
+    except ValueError:
+        return {}  # the field validator reports it
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = _read_regular(Path(path))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        for line in text.splitlines():
+            match = _MODE_LINE.match(line)
+            if match:
+                found[match.group(1)] = _unquote(match.group(2))
+    return found
+
+
+def _read_secrets(path: str, errors: list[str]) -> dict[str, str]:
+    """The secrets file: root-only (no group or other bits), the kernel's secrets only.
+
+    Unreadable (a command run by an unprivileged user; the services get the file through
+    systemd) yields nothing: Redis then refuses the connection as "auth failed", by name.
+    """
+    label = f"{SECRETS_FILE_KEY}={path}"
+    try:
+        info = os.stat(path)
+        if info.st_mode & 0o077:
+            errors.append(
+                f"{label}: readable by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); must be 0600"
+            )
+            return {}
+        text = _read_regular(Path(path))
+    except PermissionError:
+        return {}
+    except FileNotFoundError:
+        errors.append(f"{label}: secrets file does not exist")
+        return {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        errors.append(f"{label}: cannot read secrets file: {exc}")
+        return {}
+    values, file_errors = parse_env_file(text, source=path)
+    # Never echo a line of this file: an error names the line number and the key only.
+    errors.extend(
+        f"{label}: line {line.rsplit('line ', 1)[-1].rstrip(')')}: not a secret the kernel reads"
+        if "unknown key" in line
+        else f"{label}: a line is not KEY=VALUE"
+        for line in file_errors
+    )
+    stray = sorted(set(values) - SECRETS_FILE_KEYS)
+    if stray:
+        errors.append(f"{label}: holds {', '.join(stray)}, which belong in the env file")
+    return {key: value for key, value in values.items() if key in SECRETS_FILE_KEYS}
 
 
 def _read_regular(path: Path) -> str:
@@ -577,6 +693,12 @@ def load_config(
             file_values, file_errors = parse_env_file(text, source=str(file_path))
             values.update(file_values)
             errors.extend(file_errors)
+    secrets_path = env.get(SECRETS_FILE_KEY) or values.get(SECRETS_FILE_KEY, "")
+    if secrets_path and not any(key in env for key in SECRETS_FILE_KEYS):
+        values.update(_read_secrets(secrets_path, errors))
+    app_files = env.get(APP_ENV_FILES_KEY, values.get(APP_ENV_FILES_KEY, ""))
+    # systemd's order: the application's files first, the kernel's file, then the environment.
+    values = {**_application_mode(app_files), **values}
     values.update({key: env[key] for key in KNOWN_KEYS if key in env})
     # The application's REDIS_URL counts only when the kernel's own key is not set anywhere.
     app_url = values.pop(APP_REDIS_URL_KEY, None)
