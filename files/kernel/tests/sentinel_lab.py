@@ -188,6 +188,9 @@ class SentinelLab:
             "CORE_KERNEL_REDIS_PASSWORD": DATA_PASSWORD,
         }
 
+    def secrets(self) -> tuple[str, str]:
+        return DATA_PASSWORD, SENTINEL_PASSWORD
+
     def start(self) -> SentinelLab:
         self.primary.start()
         self.replica.start()
@@ -211,6 +214,17 @@ class SentinelLab:
     def master_port(self) -> int:
         """The master's port as the first answering sentinel reports it."""
         return int(self.sentinels[0].master()["port"])  # type: ignore[call-overload]
+
+    def cut_replication(self) -> None:
+        """Stop the replica from receiving writes, the primary still taking them: a wrong
+        ``masterauth`` and a killed link, so its reconnects fail. What the primary takes from now
+        on is what an asynchronous replica has not got when the primary dies."""
+        replica = self.replica.client()
+        replica.config_set("masterauth", "cut-" + DATA_PASSWORD[::-1])
+        replica.client_kill_filter(_type="master")
+
+    def heal_replication(self) -> None:
+        self.replica.client().config_set("masterauth", DATA_PASSWORD)
 
     def kill_primary(self) -> float:
         """SIGKILL the current primary; returns time.time() of the kill."""
