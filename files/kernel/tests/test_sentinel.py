@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,6 +191,57 @@ def test_cli_reaches_the_master_through_sentinels(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "No master found" in err, err
     assert DATA_PASSWORD not in err and SENTINEL_PASSWORD not in err
+
+
+INTENT = {
+    "symbol": "ETHUSDT",
+    "side": "BUY",
+    "qty": "0.1",
+    "price": "3000",
+    "expected_move_usd": "100",
+    "tp": "3060",
+    "sl": "2980",
+    "model": "NHiTS",
+    "regime": "TREND",
+    "leverage": "2",
+}
+
+
+def test_seed_api_and_router_through_sentinels(
+    no_kernel_env: None, lab: SentinelLab, tmp_path: Path
+) -> None:
+    from core_kernel import profit_gate_kernel  # noqa: PLC0415 - loads the env at import
+
+    cfg = _config(lab)
+    profit_gate_kernel.configure(config=cfg)  # the module makes its own client from the config
+    try:
+        verdict, reason, _ctx = profit_gate_kernel.profit_gate(**INTENT, trace_id="seed-1")
+        assert (verdict.value, reason.value) == ("PASS", "PASS")
+        assert profit_gate_kernel.record_trade("ETHUSDT") >= 1
+    finally:
+        profit_gate_kernel.configure(config=load_config(environ={}))
+    primary = lab.primary.client(decode_responses=True)
+    assert primary.exists("quantum:kernel:last_trade:ETHUSDT") == 1
+    # the reference router as a process, its env file naming only the sentinels
+    envfile = tmp_path / "core_gates.env"
+    envfile.write_text("".join(f"{k}={v}\n" for k, v in lab.env().items()), encoding="utf-8")
+    envfile.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORE_", "REDIS_URL"))}
+    env["CORE_GATES_ENV"] = str(envfile)
+    line = json.dumps({**INTENT, "trace_id": "router-1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "core_kernel.router", "publish", "-"],
+        input=line.encode(),
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["published"] == 1
+    assert primary.exists(streams.intent_dedup_key("router-1")) == 1
+    for secret in lab.secrets():
+        assert secret.encode() not in proc.stdout + proc.stderr
 
 
 def _inline_scripts() -> dict[str, str]:
