@@ -719,6 +719,9 @@ def table(report: Report, stale_ms: int) -> str:
         ("end-to-end intents/s (2 workers, with faults)", f"{report.intents_per_s:.0f}"),
         ("PASS", report.ok),
     ]
+    if not report.takeover_goal_s:  # the failover run: no phases, no worker killed
+        skip = ("seconds until each fault phase", "death -> taken over", "goal for takeover")
+        rows = [r for r in rows if not r[0].startswith(skip)]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
