@@ -154,6 +154,15 @@ def test_clients_resolve_the_master_with_credentials(no_kernel_env: None, lab: S
     finally:
         client.close()
         raw.close()
+    # an ACL user on the master (CORE_KERNEL_REDIS_USERNAME): AUTH user password
+    lab.primary.client().acl_setuser(
+        "kern", enabled=True, passwords=["+kern-pw-1"], keys=["*"], commands=["+@all"]
+    )
+    acl = make_client(
+        _config(lab, CORE_KERNEL_REDIS_USERNAME="kern", CORE_KERNEL_REDIS_PASSWORD="kern-pw-1")
+    )
+    assert acl.acl_whoami() == "kern"
+    acl.close()
     # wrong data password: an auth failure the services report as such, not an outage
     bad = make_client(_config(lab, CORE_KERNEL_REDIS_PASSWORD="wrong"))
     with pytest.raises(redis.AuthenticationError):
