@@ -266,6 +266,8 @@ class Pipeline:
         cfg = env_file(workdir / "core_gates.env", redis_spec, self.exchange.base_url, stale_ms)
         # The harness reaches Redis exactly as the workers do: through their env file.
         self.target: RedisTarget = target_from_config(load_config(cfg, environ={}))
+        #: the URL, for callers that pass it on (a command's --redis-url); '' in Sentinel mode
+        self.redis_url = redis_spec if isinstance(redis_spec, str) else ""
         src = str(HERE.parent / "src")
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
