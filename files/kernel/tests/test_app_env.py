@@ -166,3 +166,31 @@ def test_check_config_never_prints_the_secret(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert CANARY not in out.stdout + out.stderr
+
+
+def test_the_kernel_authenticates_with_the_secrets_file_password(
+    tmp_path: Path, redis_server, redis_client
+) -> None:
+    """A real Redis with a password: the URL has none, the secrets file has it; a command run as
+    root (as the playbooks run them) authenticates, and without the file it is 'auth failed'."""
+    redis_client.config_set("requirepass", CANARY)
+    try:
+        secrets = _write(tmp_path / "secrets.env", f"CORE_KERNEL_REDIS_PASSWORD={CANARY}\n")
+        url = f"CORE_KERNEL_REDIS_URL={redis_server.url}"
+        with_file = _kernel_file(tmp_path, url, f"CORE_KERNEL_SECRETS_FILE={secrets}")
+        env = {"PATH": os.environ.get("PATH", "")}
+        cmd = [sys.executable, "-m", "core_kernel.cli", "state", "--json", "--config"]
+        ok = subprocess.run(
+            [*cmd, str(with_file)], check=False, capture_output=True, text=True, env=env
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert CANARY not in ok.stdout + ok.stderr
+        without = _write(tmp_path / "bare.env", f"MIN_NOTIONAL_USD=25\n{url}\n", 0o640)
+        bad = subprocess.run(
+            [*cmd, str(without)], check=False, capture_output=True, text=True, env=env
+        )
+        assert bad.returncode != 0
+        assert "auth" in bad.stderr.lower() and "Traceback" not in bad.stderr, bad.stderr
+    finally:
+        redis_client.execute_command("AUTH", CANARY)
+        redis_client.config_set("requirepass", "")

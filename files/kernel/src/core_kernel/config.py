@@ -36,6 +36,7 @@ from core_kernel.mode import FALSE_TEXTS, TRUE_TEXTS
 DEFAULT_PATH = Path("/etc/quantum/core_gates.env")
 PATH_ENV_VAR = "CORE_GATES_ENV"
 KERNEL_REDIS_URL_KEY = "CORE_KERNEL_REDIS_URL"
+SENTINELS_KEY = "CORE_KERNEL_REDIS_SENTINELS"
 #: The application's Redis URL: used by the kernel only when CORE_KERNEL_REDIS_URL is not set.
 APP_REDIS_URL_KEY = "REDIS_URL"
 
@@ -141,6 +142,18 @@ class KernelConfig(BaseSettings):
     # The kernel's own key: REDIS_URL is the application's, and a drop-in that wrote it would
     # move the application to the kernel's database. REDIS_URL is read only as a fallback.
     redis_url: str = Field("redis://127.0.0.1:6379/0", alias="CORE_KERNEL_REDIS_URL")
+    # Redis Sentinel (issue 15): with sentinels set, the master is resolved through them (and
+    # again after a failover) and the URL is not used; the data credentials and db below then
+    # stand for the URL's. Empty = a plain URL, as before.
+    redis_sentinels: str = Field("", alias="CORE_KERNEL_REDIS_SENTINELS")
+    redis_sentinel_master: str = Field("", alias="CORE_KERNEL_REDIS_SENTINEL_MASTER")
+    redis_sentinel_username: str = Field("", alias="CORE_KERNEL_REDIS_SENTINEL_USERNAME")
+    redis_sentinel_password: str = Field(
+        "", alias="CORE_KERNEL_REDIS_SENTINEL_PASSWORD", repr=False
+    )
+    redis_username: str = Field("", alias="CORE_KERNEL_REDIS_USERNAME")
+    redis_password: str = Field("", alias="CORE_KERNEL_REDIS_PASSWORD", repr=False)
+    redis_db: int = Field(0, alias="CORE_KERNEL_REDIS_DB", ge=0, le=99999)
     stream_recover_log: str = Field(
         "/var/log/quantum/stream_recover.log", alias="STREAM_RECOVER_LOG", min_length=1
     )
@@ -157,10 +170,9 @@ class KernelConfig(BaseSettings):
     # the application's own env files named here (comma-separated absolute paths; only the mode
     # keys are taken, a missing or unreadable file is skipped as systemd's `-` prefix does).
     application_env_files: str = Field("", alias="APPLICATION_ENV_FILES")
-    # Secrets live apart from the 0640 env file, in a root-only file the drop-ins load through
-    # systemd; commands run as root read it from here.
+    # Secrets (CORE_KERNEL_REDIS_PASSWORD, ...) live apart from the 0640 env file, in a
+    # root-only file the drop-ins load through systemd; commands run as root read it from here.
     secrets_file: str = Field("", alias="CORE_KERNEL_SECRETS_FILE")
-    redis_password: str = Field("", alias="CORE_KERNEL_REDIS_PASSWORD", repr=False)
 
     # exactly-once (issue 10) ------------------------------------------------------------------
     # How long a signed request stays executable on the exchange (Binance allows <= 60000 and
@@ -227,7 +239,9 @@ class KernelConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _password_once(self) -> KernelConfig:
-        if self.redis_password and urlparse(self.redis_url).password is not None:
+        parsed = urlparse(self.redis_url)
+        in_url = parsed.password is not None or "password=" in parsed.query.lower()
+        if self.redis_password and not self.redis_sentinels and in_url:
             raise ValueError(
                 "CORE_KERNEL_REDIS_PASSWORD is set and the Redis URL carries a password too: "
                 "give it in one place"
@@ -351,6 +365,7 @@ class KernelConfig(BaseSettings):
         "recovery_batch",
         "protection_stale_seconds",
         "market_data_max_age_ms",
+        "redis_db",
         mode="before",
     )
     @classmethod
@@ -395,6 +410,67 @@ class KernelConfig(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         return check_redis_url(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        parse_sentinels(value)
+        return value
+
+    @field_validator(
+        "redis_sentinel_master",
+        "redis_sentinel_username",
+        "redis_sentinel_password",
+        "redis_username",
+        "redis_password",
+    )
+    @classmethod
+    def _check_redis_word(cls, value: str) -> str:
+        # Sent in AUTH / SENTINEL commands as one argument: no whitespace or control characters.
+        if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must be printable ASCII without whitespace")
+        if len(value) > 512:
+            raise ValueError("longer than 512 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_or_url(self) -> KernelConfig:
+        # One source for the master: a URL next to the sentinels, or sentinel-only keys without
+        # them, would be silently ignored - refuse both so the operator sees which one counts.
+        # The master's username/password serve a plain URL too (kept out of the URL, in the
+        # secrets file), unless the URL carries credentials of its own (_password_once).
+        data_keys = {
+            "redis_db": "CORE_KERNEL_REDIS_DB",
+            "redis_sentinel_master": "CORE_KERNEL_REDIS_SENTINEL_MASTER",
+            "redis_sentinel_username": "CORE_KERNEL_REDIS_SENTINEL_USERNAME",
+            "redis_sentinel_password": "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+        }
+        for user, password in (
+            ("CORE_KERNEL_REDIS_USERNAME", "CORE_KERNEL_REDIS_PASSWORD"),
+            ("CORE_KERNEL_REDIS_SENTINEL_USERNAME", "CORE_KERNEL_REDIS_SENTINEL_PASSWORD"),
+        ):
+            if getattr(self, _field_of(user)) and not getattr(self, _field_of(password)):
+                raise ValueError(f"{user}: set without {password} (AUTH needs the password)")
+        if self.redis_sentinels:
+            if not self.redis_sentinel_master:
+                raise ValueError(
+                    f"CORE_KERNEL_REDIS_SENTINEL_MASTER: required when {SENTINELS_KEY} is set "
+                    "(the name in the sentinels' 'sentinel monitor' line)"
+                )
+            if "redis_url" in self.model_fields_set:
+                raise ValueError(
+                    f"{KERNEL_REDIS_URL_KEY}: set together with {SENTINELS_KEY}; the sentinels "
+                    "name the master - remove one of them"
+                )
+        else:
+            stray = [key for name, key in data_keys.items() if name in self.model_fields_set]
+            stray = [k for k in stray if getattr(self, _field_of(k)) not in ("", 0)]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)}: only used with {SENTINELS_KEY} (a plain "
+                    f"{KERNEL_REDIS_URL_KEY} carries its own db)"
+                )
+        return self
 
     @field_validator("binance_futures_url")
     @classmethod
@@ -454,6 +530,40 @@ class KernelConfig(BaseSettings):
         )
 
 
+#: At most this many sentinels: a list is tried in order on every master lookup.
+MAX_SENTINELS = 16
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[::1]:26379`` for IPv6) as (host, port) pairs; () for ''."""
+    if value == "":
+        return ()
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must be printable ASCII without whitespace: host:port,host:port")
+    out: list[tuple[str, int]] = []
+    for item in value.split(","):
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+            raise ValueError(f"{item!r}: must be host:port (e.g. 10.0.0.5:26379)")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{item!r}: port must be 1..65535")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"{item!r}: not an IPv6 address in brackets") from None
+        elif not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", host):
+            raise ValueError(f"{item!r}: host must be a name or an IP address")
+        if (host, port) in out:
+            raise ValueError(f"{item!r}: listed twice")
+        out.append((host, port))
+    if len(out) > MAX_SENTINELS:
+        raise ValueError(f"more than {MAX_SENTINELS} sentinels")
+    return tuple(out)
+
+
 def check_redis_url(value: str) -> str:
     """The whole URL as redis-py will read it (scheme, port, db), or ValueError with the reason."""
     import redis.connection  # noqa: PLC0415 - only for the parse, keeps config import light
@@ -481,7 +591,12 @@ def check_redis_url(value: str) -> str:
 
 #: keys whose value is a secret as a whole: never echoed, in an error or a dump
 SECRET_KEYS: frozenset[str] = frozenset(
-    {"BINANCE_API_KEY", "BINANCE_API_SECRET", "CORE_KERNEL_REDIS_PASSWORD"}
+    {
+        "BINANCE_API_KEY",
+        "BINANCE_API_SECRET",
+        "CORE_KERNEL_REDIS_PASSWORD",
+        "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+    }
 )
 #: keys whose value is a URL that may carry a password
 URL_KEYS: frozenset[str] = frozenset({KERNEL_REDIS_URL_KEY, APP_REDIS_URL_KEY})
@@ -520,6 +635,14 @@ def shown(key: str, value: object) -> object:
 
 def _alias(name: str, field: Any) -> str:
     return str(field.alias or name)
+
+
+def _field_of(key: str) -> str:
+    """The model field behind an env key."""
+    for name, fld in KernelConfig.model_fields.items():
+        if fld.alias == key:
+            return name
+    raise KeyError(key)
 
 
 KNOWN_KEYS: frozenset[str] = frozenset(
@@ -703,7 +826,8 @@ def load_config(
     # The application's REDIS_URL counts only when the kernel's own key is not set anywhere.
     app_url = values.pop(APP_REDIS_URL_KEY, None)
     url_key = KERNEL_REDIS_URL_KEY
-    if KERNEL_REDIS_URL_KEY not in values and app_url is not None:
+    # With sentinels the application's URL is not a fallback: the sentinels name the master.
+    if KERNEL_REDIS_URL_KEY not in values and app_url is not None and not values.get(SENTINELS_KEY):
         values[KERNEL_REDIS_URL_KEY] = app_url
         url_key = APP_REDIS_URL_KEY
     try:
