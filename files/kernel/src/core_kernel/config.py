@@ -700,7 +700,12 @@ APP_ENV_FILES_KEY = "APPLICATION_ENV_FILES"
 SECRETS_FILE_KEY = "CORE_KERNEL_SECRETS_FILE"
 #: What the secrets file may hold: the kernel's own secrets, nothing else.
 SECRETS_FILE_KEYS = frozenset(
-    {"CORE_KERNEL_REDIS_PASSWORD", "BINANCE_API_KEY", "BINANCE_API_SECRET"}
+    {
+        "CORE_KERNEL_REDIS_PASSWORD",
+        "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+        "BINANCE_API_KEY",
+        "BINANCE_API_SECRET",
+    }
 )
 _MODE_LINE = re.compile(
     r"^\s*(?:export\s+)?(TRADING_MODE|BINANCE_TESTNET|USE_BINANCE_TESTNET)\s*=(.*)$"
