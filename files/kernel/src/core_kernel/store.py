@@ -273,26 +273,28 @@ class KernelStore:
                 return self._foreign(partial, dedup_key, cid, stored)
             verdict, _now, since, count, bits, age, stored_cid = match.groups()
         # The stored decision's own hold (bits), and for a replay the state's hold now.
-        if "T" in bits:
-            partial.failed.add(Reason.TRADING_HALTED)
-        if "U" in bits:
-            partial.failed.add(Reason.REDUCING_ONLY)
         if replayed:
             partial.failed -= _MARKET_HOLDS
-        if "K" in bits:
-            partial.failed.add(Reason.PRICE_COLLAR)
+        if bits:  # empty for most decisions
+            if "T" in bits:
+                partial.failed.add(Reason.TRADING_HALTED)
+            if "U" in bits:
+                partial.failed.add(Reason.REDUCING_ONLY)
+            if "K" in bits:
+                partial.failed.add(Reason.PRICE_COLLAR)
+        # positional, in StateOutcome's field order: keywords cost ~0.9 us more per call here
+        state = StateOutcome(
+            "C" in bits,
+            "R" in bits,
+            "E" in bits,
+            int(since) if since else None,
+            int(count),
+            int(age) if age else None,
+            "X" in bits,
+            inflight,
+        )
         if replayed and partial.failed & _STATE_HOLDS:
             verdict = "H"
-        state = StateOutcome(
-            cooldown="C" in bits,
-            rate="R" in bits,
-            expired="E" in bits,
-            since_ms=int(since) if since else None,
-            trades=int(count),
-            age_ms=int(age) if age else None,
-            exposure="X" in bits,
-            inflight_micro=inflight,
-        )
         decision = gates.finish(
             partial, self.params, self.mode, state, verdict=_PASS if verdict == "P" else _HOLD
         )
