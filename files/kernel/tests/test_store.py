@@ -388,12 +388,41 @@ def test_script_outcome_matches_the_what_if_mirror(
     assert (got.verdict, got.reasons) == (expected.verdict, expected.reasons)
 
 
-def test_script_cache_flush_is_survived(redis_client: redis.Redis) -> None:
-    store = make(redis_client)
-    assert store.admit(valid(trace_id="s1")).verdict is GateVerdict.PASS
+@pytest.mark.parametrize("limits", [{}, {"MAX_POSITION_USD": "1000"}], ids=["4-keys", "6-keys"])
+def test_script_cache_flush_is_survived(redis_client: redis.Redis, limits: dict[str, str]) -> None:
+    # Both argument shapes: with a limit on exchange data admit passes the in-flight keys too.
+    store = make(redis_client, **limits)
+    market = Market(Decimal(3500), Decimal(0), Decimal(0)) if limits else None
+    assert store.admit(valid(trace_id="s1"), market=market).verdict is GateVerdict.PASS
     redis_client.script_flush()
-    again = store.admit(valid(trace_id="s2", symbol="BTCUSDT"))
+    again = store.admit(valid(trace_id="s2", symbol="BTCUSDT"), market=market)
     assert again.verdict is GateVerdict.PASS and again.replayed is False
+    assert bool(redis_client.exists(store.inflight_key)) == bool(limits)
+
+
+def test_limits_input_without_the_inflight_keys_is_refused_and_writes_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    # The script reads the in-flight keys only when given; a limits input that arrives without
+    # them (a caller out of step with the script) is unreadable state, never a silent pass.
+    store = make(redis_client, MAX_POSITION_USD="1000")
+    store.admit(valid(trace_id="warm"), market=Market(Decimal(3500), Decimal(0), Decimal(0)))
+    redis_client.flushall()
+    reply = redis_client.evalsha(
+        store._admit_sha,
+        4,
+        store.order_key("k4"),
+        store.last_trade_key("ETHUSDT"),
+        store.trades_key,
+        store.state_key,
+        "7",
+        "",
+        "ETHUSDT:k4",
+        "k4",
+        ";0|0|35000000|1000000000|-1|60000",
+    )
+    assert reply == "ACTIVE;!KEYS|in-flight keys not given"
+    assert redis_client.keys("*") == []
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

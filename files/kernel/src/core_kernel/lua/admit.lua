@@ -11,15 +11,18 @@
 --     gates.state_reason is the same rule for replies that carry no bits (replays, what-if).
 -- The thresholds are compiled in when a store loads the script (one SHA per config);
 -- $$ is a literal dollar (string.Template).
+-- TTL_S is a string: a number passed to redis.call is formatted with %.17g on every call.
 local MIN_HOLD_MS, MAX_TRADES, WINDOW_MS, TTL_S, MAX_AGE_MS =
-  $min_hold_ms, $max_trades, $window_ms, $ttl_s, $max_age_ms
+  $min_hold_ms, $max_trades, $window_ms, '$ttl_s', $max_age_ms
 -- KEYS[1] order dedup key  KEYS[2] last-trade key  KEYS[3] trades ZSET  KEYS[4] trading state
--- KEYS[5] KEYS[6] orders in flight (MAX_POSITION, see its block)  ARGV[5] ('' = limits off)
+-- KEYS[5] KEYS[6] orders in flight (MAX_POSITION, see its block)  ARGV[5] the limits' input:
+--   the three are given only when a limit on exchange data is configured (4 keys and 4 args
+--   otherwise: every argument costs the client and the server time on each admit)
 -- ARGV[1] flags = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry_run
 -- ARGV[2] entry time in ms ('' = unknown)  ARGV[3] trade member  ARGV[4] client order id
 -- Replies (strings), each prefixed 'STATE;' (ACTIVE, REDUCING, HALTED or '?' .. what was found):
 --   'k1|V|now|since|count|bits|age|cid'  the decision just stored (V = P or H; bits C R E K X T U)
---     followed, when ARGV[5] was given, by '~sym|gross' (the in-flight sums; not stored)
+--     followed, when ARGV[5] had a spec, by '~sym|gross' (the in-flight sums; not stored)
 --   '=' .. stored value                  a decision stored earlier (a replay; Python checks it)
 --   '#' .. reason                        a dedup key the kernel did not write (foreign)
 --   '!' .. key .. '|' .. reason          state the kernel cannot read: nothing was written
@@ -67,10 +70,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Every number formatted below is whole milliseconds (or a count) far below 2^53: '%d' prints it
 -- exactly, and costs less than '%.0f'.
-local window_start = string.format('%d', now - WINDOW_MS)
+local window_start
 -- An exit (reduce-only) is not gated on the state, so it does not read it either.
 local last, count = false, 0
 if entry then
+  window_start = string.format('%d', now - WINDOW_MS)
   last = redis.pcall('GET', KEYS[2])
   if type(last) == 'table' and last.err then
     return unreadable(KEYS[2], 'wrong type')
@@ -105,7 +109,7 @@ if ARGV[2] ~= '' then
   end
 end
 -- Limits on exchange data (issue 14) --------------------------------------------------------
--- ARGV[5] = '' (all off) or held .. ';' .. spec. held: what Python found (K = PRICE_COLLAR,
+-- ARGV[5] = absent (all off) or held .. ';' .. spec. held: what Python found (K = PRICE_COLLAR,
 -- X = MAX_POSITION), stored in the bits so a replay knows its reasons. spec: '' or
 -- 'pos|gross|add|max_pos|max_gross|ttl_ms' in integers of 1e-6 USD (max -1 = off): the
 -- exchange's position notional on the symbol, its gross exposure, this order's notional.
@@ -116,9 +120,10 @@ end
 -- add > max_pos, or gross + all in flight + add > max_gross. A value that is not ours is state
 -- the kernel cannot read (nothing written).
 local tail, flight, expired = '', nil, nil
-if entry and ARGV[5] ~= '' then
+if entry and ARGV[5] then
   local held, spec = string.match(ARGV[5], '^(K?X?);(.*)$$')
   if not held then return unreadable('ARGV[5]', 'bad limits input') end
+  if #KEYS < 6 then return unreadable('KEYS', 'in-flight keys not given') end
   local over = string.find(held, 'X', 1, true) ~= nil
   if spec ~= '' then
     local p, g, add, mp, mg, ttl =
@@ -166,8 +171,8 @@ elseif ts == 'REDUCING' and entry then
   pass = false
 end
 local now_s = string.format('%d', now)
-local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|' .. count
-  .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
+local stored = 'k1|' .. (pass and 'P' or 'H') .. '|' .. now_s .. '|' .. since .. '|'
+  .. string.format('%d', count) .. '|' .. bits .. '|' .. age .. '|' .. ARGV[4]
 if dry then
   return head .. stored .. tail
 end
