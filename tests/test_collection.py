@@ -13,6 +13,7 @@ Runs in `make test-controller`:  pytest -p no:cacheprovider -q tests/test_collec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -210,3 +211,129 @@ def test_the_role_documents_its_options_from_the_collection(
     options = doc["entry_points"]["main"]["options"]
     assert options["core_kernel_min_notional_usd"]["default"] == 25
     assert "rollback" in doc["entry_points"]
+
+
+# --- the collection's rollback tasks, on this machine -------------------------------------------
+
+ROLLBACK_PLAY = f"""\
+- name: The collection's rollback tasks against an evidence directory of this machine
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Roll back
+      ansible.builtin.import_role:
+        name: {FQCN}.core_kernel
+        tasks_from: rollback.yml
+"""
+
+
+def _evidence(tmp: Path, with_program: bool) -> tuple[Path, Path, Path]:
+    """A host tree with one file the deploy changed and one it created, and the evidence a
+    deploy would have written for it (files only: units are molecule/rollback's, on systemd)."""
+    hostroot = tmp / "host"
+    env_file = hostroot / "etc/core_gates.env"
+    created = hostroot / "bin/quantum_stream_recover.sh"
+    env_file.parent.mkdir(parents=True)
+    created.parent.mkdir(parents=True)
+    before = b"MIN_NOTIONAL_USD=25\n"
+    env_file.write_bytes(b"MIN_NOTIONAL_USD=99\n")
+    created.write_text("#!/bin/sh\n")
+    evidence = tmp / "evidence/core_kernel_20260101T000000Z"
+    backup = evidence / "backup"
+    (backup / str(env_file).lstrip("/")).parent.mkdir(parents=True)
+    (backup / str(env_file).lstrip("/")).write_bytes(before)
+    for d in (tmp / "evidence", evidence, backup):
+        d.chmod(0o700)
+    manifest = {
+        "created": "20260101T000000Z",
+        "host": "localhost",
+        "release_new": "r2",
+        "current": {"existed": False, "target": ""},
+        "group": {"name": "", "existed_before_run": True, "members": [], "members_before": []},
+        "files": [
+            {
+                "path": str(env_file),
+                "existed": True,
+                "type": "file",
+                "sha256": hashlib.sha256(before).hexdigest(),
+                "owner": "root",
+                "group": "root",
+                "mode": "0640",
+                "link_target": "",
+                "backup": str(env_file).lstrip("/"),
+            },
+            {"path": str(created), "existed": False},
+        ],
+        "dirs": {str(env_file.parent): True, str(created.parent): True},
+        "owned_dirs": {},
+        "users": {},
+        "units": {},
+    }
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+    (backup / "manifest.json").chmod(0o600)
+    if with_program:
+        program = PROJECT / "files/kernel/src/core_kernel/restore.py"
+        (evidence / "restore.py").write_bytes(program.read_bytes())
+    return evidence, env_file, created
+
+
+def _rollback(
+    built: tuple[Path, Path, dict[str, str]], tmp: Path, evidence: Path, *extra: str
+) -> str:
+    _, _, env = built
+    play = tmp / "rollback.yml"
+    play.write_text(ROLLBACK_PLAY)
+    proc = _run(
+        [
+            str(BIN / "ansible-playbook"),
+            *("-i", "localhost,", "-c", "local", *extra),
+            *("-e", f"ansible_python_interpreter={sys.executable}"),
+            *("-e", "core_kernel_trading_mode=TESTNET core_kernel_python=/usr/bin/python3"),
+            *("-e", f"core_kernel_rollback_evidence={evidence}"),
+            *("-e", f"core_kernel_base_dir={tmp / 'opt'}"),
+            str(play),
+        ],
+        tmp,
+        env,
+    )
+    return proc.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the restore sets owners: run as root (CI is)")
+def test_the_collections_rollback_runs_restore_and_honours_check(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """rollback.yml from the installed collection runs the evidence's restore.py: under --check
+    it only lists (restore --dry-run), then it restores and reports, and a second run changes
+    nothing."""
+    evidence, env_file, created = _evidence(tmp_path, with_program=True)
+
+    out = _rollback(built, tmp_path, evidence, "--check")
+    assert env_file.read_bytes() == b"MIN_NOTIONAL_USD=99\n" and created.exists()
+    assert f"restore {env_file} (root:root 0640)" in out
+    assert not list(evidence.glob("rollback_*")) and not list(evidence.glob("ROLLBACK_REPORT_*"))
+
+    _rollback(built, tmp_path, evidence)
+    assert env_file.read_bytes() == b"MIN_NOTIONAL_USD=25\n"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o640"
+    assert not created.exists()
+    reports = list(evidence.glob("ROLLBACK_REPORT_*.md"))
+    assert len(reports) == 1 and "**OK**" in reports[0].read_text()
+    assert f"remove {created} (did not exist before)" in reports[0].read_text()
+
+    out = _rollback(built, tmp_path, evidence)
+    assert "failed=0" in out[out.rindex("PLAY RECAP") :]
+    latest = max(evidence.glob("rollback_*/result.json"), key=lambda p: p.parent.name)
+    assert json.loads(latest.read_text())["changed"] is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the restore sets owners: run as root (CI is)")
+def test_older_evidence_without_restore_py_is_restored_by_the_roles_copy(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    evidence, env_file, created = _evidence(tmp_path, with_program=False)
+    _rollback(built, tmp_path, evidence)
+    assert env_file.read_bytes() == b"MIN_NOTIONAL_USD=25\n"
+    assert not created.exists()
+    assert not (evidence / "restore.py").exists()  # nothing added to the evidence
+    assert "**OK**" in next(evidence.glob("ROLLBACK_REPORT_*.md")).read_text()
