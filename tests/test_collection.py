@@ -42,16 +42,6 @@ OPERATOR_PLAYBOOK = f"""\
   when: rollback | default(false) | bool
 """
 
-OPERATOR_ROLES_PLAYBOOK = f"""\
----
-- name: The collection's roles by their full names
-  hosts: quantum_kernel
-  become: true
-  roles:
-    - role: {FQCN}.core_kernel
-    - role: {FQCN}.stream_recovery
-"""
-
 
 def _env(tmp: Path, collections: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
@@ -136,6 +126,10 @@ def test_the_tarball_holds_what_a_deploy_reads_and_nothing_of_the_work_tree(
         "plugins/filter/core_kernel.py",
         "plugins/filter/core_kernel_wheelhouse.py",
         "plugins/filter/kernel_monitoring.py",
+        # ...and the filters by short name only from beside a playbook (or a legacy path)
+        "playbooks/filter_plugins/core_kernel.py",
+        "playbooks/filter_plugins/core_kernel_wheelhouse.py",
+        "playbooks/filter_plugins/kernel_monitoring.py",
         "playbooks/deploy.yml",
         "playbooks/rollback.yml",
     ):
@@ -180,10 +174,10 @@ def test_the_roles_find_the_kernel_source_inside_the_collection(
     assert (role.parent.parent / "files/kernel/src/core_kernel/restore.py").is_file()
 
 
-@pytest.mark.parametrize("playbook", [OPERATOR_PLAYBOOK, OPERATOR_ROLES_PLAYBOOK])
 def test_an_operators_playbook_resolves_everything_from_the_collection(
-    built: tuple[Path, Path, dict[str, str]], tmp_path: Path, playbook: str
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    playbook = OPERATOR_PLAYBOOK
     _, _, env = built
     operator = tmp_path / "operator"
     (operator / "inventory").mkdir(parents=True)
