@@ -12,7 +12,7 @@ set -euo pipefail
 PACKAGES=(
   podman runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit
   containernetworking-plugins iptables redis-server make python3-venv git ca-certificates
-  prometheus
+  prometheus redis-sentinel
 )
 CONF=/etc/containers/containers.conf
 changes=0

@@ -45,15 +45,18 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from core_kernel import streams
+from core_kernel import redis_client, streams
+from core_kernel.config import load_config
 from core_kernel.consume import ORDER_UNKNOWN_KEY
 from core_kernel.fake_binance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
+from core_kernel.redis_client import RedisTarget, target_from_config
 from core_kernel.router import publish_text
 
 HERE = Path(__file__).resolve().parent
@@ -97,11 +100,21 @@ def expected_hold(i: int) -> str | None:
     return None
 
 
-def env_file(path: Path, redis_url: str, exchange_url: str, stale_ms: int) -> Path:
+#: Where the pipeline's Redis is: a URL, or the kernel's Sentinel env keys (issue 15).
+RedisSpec = str | Mapping[str, str]
+
+
+def redis_lines(spec: RedisSpec) -> list[str]:
+    if isinstance(spec, str):
+        return [f"CORE_KERNEL_REDIS_URL={spec}"]
+    return [f"{key}={value}" for key, value in spec.items()]
+
+
+def env_file(path: Path, redis_spec: RedisSpec, exchange_url: str, stale_ms: int) -> Path:
     path.write_text(
         "\n".join(
             [
-                f"CORE_KERNEL_REDIS_URL={redis_url}",
+                *redis_lines(redis_spec),
                 "TRADING_MODE=TESTNET",
                 "BINANCE_TESTNET=true",
                 "USE_BINANCE_TESTNET=true",
@@ -239,19 +252,22 @@ class Pipeline:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_spec: RedisSpec,
         workdir: Path,
         *,
         stale_ms: int = 2000,
         run: str = "r",
         shared_name: bool = False,
     ) -> None:
-        self.redis_url = redis_url
         self.workdir = workdir
         self.stale_ms = stale_ms
         self.run = run
         self.exchange = FakeBinance().start()
-        cfg = env_file(workdir / "core_gates.env", redis_url, self.exchange.base_url, stale_ms)
+        cfg = env_file(workdir / "core_gates.env", redis_spec, self.exchange.base_url, stale_ms)
+        # The harness reaches Redis exactly as the workers do: through their env file.
+        self.target: RedisTarget = target_from_config(load_config(cfg, environ={}))
+        #: the URL, for callers that pass it on (a command's --redis-url); '' in Sentinel mode
+        self.redis_url = redis_spec if isinstance(redis_spec, str) else ""
         src = str(HERE.parent / "src")
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
@@ -276,10 +292,10 @@ class Pipeline:
             )
             for n in ("a", "b")
         ]
-        self.client = streams.make_client(redis_url, socket_timeout=10)
+        self.client = streams.make_client(self.target, socket_timeout=10)
         # Bytes, for what may hold a poison entry: its non-UTF-8 bytes would fail a decoding
         # client's whole reply.
-        self.raw = redis.Redis.from_url(redis_url, socket_timeout=10)
+        self.raw = redis_client.make_client(self.target, decode_responses=False, socket_timeout=10)
         streams.ensure_group(self.client)
 
     def fault(self, **values: int) -> dict[str, Any]:
@@ -332,13 +348,15 @@ class Pipeline:
 
 
 def _retrying(fn: Any, *args: Any) -> Any:
-    """Retry through a Redis restart (the publisher is not under test here)."""
-    for _ in range(200):
+    """Retry through a Redis restart or failover (the publisher is not under test here)."""
+    deadline = time.monotonic() + 60
+    while True:
         try:
             return fn(*args)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            if time.monotonic() > deadline:
+                raise RuntimeError("Redis did not come back") from None
             time.sleep(0.05)
-    raise RuntimeError("Redis did not come back")
 
 
 def poison(n: int) -> dict[bytes, bytes]:
@@ -554,7 +572,7 @@ def _settle(
 ) -> bool:
     """Wait for every result; re-publish (as the upstream would) what Redis lost in the restore."""
     deadline = time.monotonic() + timeout_s
-    client = streams.make_client(pipe.redis_url, socket_timeout=10)
+    client = streams.make_client(pipe.target, socket_timeout=10)
     try:
         while time.monotonic() < deadline:
             if pipe.wait_results(want, 8):
@@ -683,7 +701,7 @@ def table(report: Report, stale_ms: int) -> str:
             f"{report.poison_sent} / {report.invalid_results} / {report.poison_dead_lettered}",
         ),
         ("order_unknown left unresolved", report.order_unknown_left),
-        ("re-published after the older-snapshot restore", report.republished),
+        ("re-published after Redis lost them (restore / failover)", report.republished),
         ("worker exits not caused by the harness", report.unexpected_exits),
         ("both workers under one consumer name", report.shared_name),
         ("pending entries left", report.pending_left),
@@ -703,8 +721,148 @@ def table(report: Report, stale_ms: int) -> str:
         ("end-to-end intents/s (2 workers, with faults)", f"{report.intents_per_s:.0f}"),
         ("PASS", report.ok),
     ]
+    if not report.takeover_goal_s:  # the failover run: no phases, no worker killed
+        skip = ("seconds until each fault phase", "death -> taken over", "goal for takeover")
+        rows = [r for r in rows if not r[0].startswith(skip)]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+RESULTS = streams.RESULT_STREAM
+
+
+@dataclass
+class Failover:
+    """What the Sentinel failover run measured, beside the usual Report."""
+
+    cut_s: float = 0.0
+    kill_at: float = 0.0
+    promoted_s: float = 0.0  # kill -> every sentinel names the replica and it is master
+    first_processed_s: float = 0.0  # kill -> first result written on the new primary
+    results_before_kill: int = 0
+    lost_results: int = 0  # results the old primary acknowledged that the new one lacks
+    secrets_in_logs: int = 0
+    master_port_before: int = 0
+    master_port_after: int = 0
+
+
+def run_failover(
+    lab: Any,
+    workdir: Path,
+    *,
+    n_intents: int = 300,
+    stale_ms: int = 2000,
+    cut_s: float = 1.0,
+    timeout_s: float = 120,
+) -> tuple[Report, Failover]:
+    """Two workers through Sentinel; the primary is killed (SIGKILL) once ~40 % of the results
+    are in; the sentinels promote the replica and the workers follow with no step by the harness.
+
+    On loopback a replica is a few microseconds behind, so nothing would be lost: ``cut_s``
+    seconds before the kill the replica's link is cut (``SentinelLab.cut_replication``), and
+    every write of those seconds - intents, dedup keys, decisions, acks, results, orders'
+    records - is lost with the primary, as asynchronous replication allows.
+
+    ``lab`` is tests/sentinel_lab.SentinelLab, started. The harness only kills: it never tells
+    anyone the new address. What the async replication lost (entries, dedup keys, decisions,
+    acks, results) is made good by the rules under test: the upstream re-publishes what it has
+    no result for, the worker asks the exchange before it sends again.
+    """
+    run = "s" + str(int(time.time() * 1000) % 10**7)
+    pipe = Pipeline(lab.env(), workdir, stale_ms=stale_ms, run=run)
+    report = Report(intents=0)
+    fo = Failover(master_port_before=lab.master_port(), cut_s=cut_s)
+    want = {intent(i, run)["trace_id"] for i in range(n_intents)}
+    report.distinct = len(want)
+    counts = collections.Counter[str]()
+    kill_at_results = max(10, int(n_intents * 0.4))
+    ahead = 20
+    killed = threading.Event()
+    try:
+        for w in pipe.workers:
+            w.start()
+
+        def publisher() -> None:
+            client = streams.make_client(pipe.target, socket_timeout=10)
+            for i in range(n_intents):
+                # At most `ahead` intents without a result until the kill: publishing goes on
+                # through the cut (those intents are lost too) instead of being over before it.
+                # After the kill the rest go out at once (the lost results would hold it back).
+                while not killed.is_set() and i - _retrying(client.xlen, RESULTS) > ahead:
+                    time.sleep(0.01)
+                text = json.dumps(intent(i, run))
+                counts[_retrying(publish_text, client, text)] += 1
+                if i % 7 == 0:  # the router sees this one again: a duplicate by trace id
+                    counts[_retrying(publish_text, client, text)] += 1
+            client.close()
+
+        t0 = time.time()
+        pub = threading.Thread(target=publisher, daemon=True)
+        pub.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = _retrying(pipe.client.xlen, streams.RESULT_STREAM)
+            if done >= kill_at_results:
+                break
+            time.sleep(0.02)
+        if cut_s > 0:
+            lab.cut_replication()
+            time.sleep(cut_s)
+        fo.results_before_kill = int(_retrying(pipe.client.xlen, streams.RESULT_STREAM))
+        fo.kill_at = lab.kill_primary()
+        killed.set()
+        if cut_s > 0:
+            lab.heal_replication()  # the fault's undo on the survivor, not a failover step
+        # Only observed, never acted on: the sentinels and the workers are on their own.
+        fo.promoted_s = lab.wait_promoted(timeout_s) - fo.kill_at
+        fo.master_port_after = lab.master_port()
+        kill_ms = int(fo.kill_at * 1000)
+        while time.monotonic() < deadline:
+            after = [int(r["ts_ms"]) for r in pipe.results() if int(r.get("ts_ms", 0)) >= kill_ms]
+            if after:
+                fo.first_processed_s = min(after) / 1000 - fo.kill_at
+                break
+            time.sleep(0.02)
+        fo.lost_results = max(0, fo.results_before_kill - _count_before(pipe, kill_ms))
+        pub.join(timeout_s)
+        ok = _settle(pipe, want, run, n_intents, report, timeout_s)
+        report.elapsed_s = time.time() - t0
+        report.unexpected_exits = sum(1 for w in pipe.workers if not w.alive())
+        report.worker_exit_codes = [w.term() if w.alive() else -1 for w in pipe.workers]
+        if not ok:
+            report.missing_results = len(want - {r.get("trace_id") for r in pipe.results()})
+        _score(pipe, report, run, n_intents, counts)
+        report.intents_per_s = report.distinct / report.elapsed_s
+        stats = pipe.stats()
+        report.faults = {"primary_killed": 1, "order_queries": int(stats.get("order_queries", 0))}
+        fo.secrets_in_logs = sum(
+            w.log_path.read_bytes().count(secret.encode())
+            for w in pipe.workers
+            for secret in lab.secrets()
+        )
+        return report, fo
+    finally:
+        pipe.close()
+
+
+def _count_before(pipe: Pipeline, kill_ms: int) -> int:
+    return sum(1 for r in pipe.results() if int(r.get("ts_ms", 0)) < kill_ms)
+
+
+def failover_table(report: Report, fo: Failover, stale_ms: int = 2000) -> str:
+    rows = [
+        ("Sentinel failover: primary killed (SIGKILL) mid-run", ""),
+        ("master port before / after", f"{fo.master_port_before} / {fo.master_port_after}"),
+        ("replication cut before the kill", f"{fo.cut_s:.1f}s"),
+        ("results before the kill (old primary)", fo.results_before_kill),
+        ("  of which missing on the new primary (async replication)", fo.lost_results),
+        ("kill -> replica promoted (sentinels agree)", f"{fo.promoted_s:.2f}s"),
+        ("kill -> first intent processed on the new primary", f"{fo.first_processed_s:.2f}s"),
+        ("secrets found in the workers' logs", fo.secrets_in_logs),
+    ]
+    width = max(len(r[0]) for r in rows)
+    head = "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+    return head + "\n" + table(report, stale_ms)
 
 
 def run_clean(redis_url: str, workdir: Path, n_intents: int) -> float:
@@ -734,8 +892,15 @@ def main() -> int:
     parser.add_argument("--intents", type=int, default=2000)
     parser.add_argument("--stale-ms", type=int, default=2000)
     parser.add_argument("--clean-intents", type=int, default=2000)
+    parser.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="only the Sentinel failover run (primary + replica + 3 sentinels on loopback)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "tests"))
+    if args.sentinel:
+        return _main_sentinel(args.intents, args.stale_ms)
     from conftest import RedisServer  # noqa: PLC0415 - tests/ is put on the path just above
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -778,6 +943,21 @@ def main() -> int:
     print(f"{(label + ', appendfsync always').ljust(46)}  {rate_always:.0f}")
     print(f"{(label + ', appendfsync everysec').ljust(46)}  {rate:.0f}")
     return 0 if report.ok and shared.ok else 1
+
+
+def _main_sentinel(n_intents: int, stale_ms: int) -> int:
+    from sentinel_lab import SentinelLab  # noqa: PLC0415 - tests/ is on the path (main)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = SentinelLab(Path(tmp) / "lab").start()
+        try:
+            report, fo = run_failover(
+                lab, Path(tmp), n_intents=n_intents, stale_ms=stale_ms, timeout_s=300
+            )
+        finally:
+            lab.stop()
+    print(failover_table(report, fo, stale_ms))
+    return 0 if report.ok and fo.secrets_in_logs == 0 else 1
 
 
 if __name__ == "__main__":

@@ -90,11 +90,14 @@ def test_gates_are_audit_only(host):
     assert result["verdict"] == "PASS", result
 
 
-def test_env_file_says_live(host):
+def test_env_file_leaves_the_mode_to_the_application(host):
+    """Issue 12 items 1, 6: the kernel's file carries no mode key; it names the application's
+    env files, from which commands outside the services read only the mode."""
     text = host.file(ENV_FILE).content_string
-    assert "\nTRADING_MODE=LIVE\n" in text
-    assert "\nBINANCE_TESTNET=false\n" in text
-    assert "\nUSE_BINANCE_TESTNET=false\n" in text
+    keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"}
+    assert not {"TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET"} & keys, text
+    assert "\nAPPLICATION_ENV_FILES=/etc/quantum/quantum.env" in text, text
+    assert "# Deployed for LIVE," in text
 
 
 APP_ENV_FILES = ("/etc/quantum/quantum.env", "/etc/quantum/quantum-exchange.env")
@@ -274,3 +277,66 @@ def test_halt_holds_in_live_too_and_a_live_resume_needs_the_confirmation(host, i
         )
     assert rc == 0, output[-3000:]
     assert trading_state(host) == "ACTIVE"
+
+
+def set_application_mode(host, mode: str) -> None:
+    """The operator's own step of a mode switch: the application's file says the new mode."""
+    testnet = "true" if mode == "TESTNET" else "false"
+    body = f"TRADING_MODE={mode}\nBINANCE_TESTNET={testnet}\nUSE_BINANCE_TESTNET={testnet}\n"
+    host.run("printf %s %s > /etc/quantum/quantum.env", "%s", body)
+    assert host.file("/etc/quantum/quantum.env").content_string == body
+
+
+def kernel_mode(host) -> dict[str, object]:
+    return json.loads(host.check_output("%s mode --json --config %s", KERNEL, ENV_FILE))
+
+
+def running_mode(host, unit: str = "quantum-execution") -> str | None:
+    record = json.loads(host.file(f"/run/quantum-lab/{unit}.env.json").content_string)
+    return record["env"].get("TRADING_MODE")
+
+
+def test_a_live_host_switches_to_testnet_and_back(host, instance, tmp_path):
+    """Issue 12 item 6, the documented procedure (README "Switching a host's mode"): the
+    application's own file changes, then the deploy with the matching inventory (and, for LIVE,
+    the confirmation) restarts the services into that mode and proves it. The kernel's env file
+    never keeps a host in the mode it was deployed for."""
+    original = host.file("/etc/quantum/quantum.env").content_string
+    try:
+        set_application_mode(host, "TESTNET")
+        # the kernel already follows the application's file (nothing of its own holds the mode)
+        assert kernel_mode(host)["mode"] == "TESTNET"
+        rc, output, seconds = run_deploy(tmp_path, instance, "lab")
+        print(f"switch LIVE -> TESTNET deploy took {seconds:.1f} s")
+        assert rc == 0, output[-3000:]
+        assert running_mode(host) == "TESTNET", "the services were not restarted into TESTNET"
+        assert "# Deployed for TESTNET," in host.file(ENV_FILE).content_string
+        latest = f"{EVIDENCE_ROOT}/latest"
+        proof = json.loads(host.file(f"{latest}/proof/gate_proof.json").content_string)
+        assert proof["ok"] is True, proof
+        # the host's commands now enforce: the same failing intent is held
+        line = json.dumps({**INTENT, "trace_id": "switch-testnet-0001"})
+        out = host.check_output("echo %s | %s evaluate --config %s", line, KERNEL, ENV_FILE)
+        result = json.loads(out.splitlines()[0])
+        assert result["mode"] == "TESTNET" and result["verdict"] == "HOLD", result
+        assert result["enforced"] is True, result
+        run = json.loads(host.file(f"{latest}/logs/run.json").content_string)
+        assert run["host_mode"] == "TESTNET", run
+        # a LIVE inventory is now refused: the host really is TESTNET
+        confirmed = f"core_kernel_confirm_live={instance}"
+        rc, output, _ = run_deploy(tmp_path, instance, "live", "-e", confirmed)
+        assert rc != 0 and "does not match the host mode TESTNET" in refusal_line(output)
+
+        set_application_mode(host, "LIVE")
+        rc, output, _ = run_deploy(tmp_path, instance, "live")
+        assert rc != 0 and "LIVE run not confirmed" in refusal_line(output)
+        rc, output, seconds = run_deploy(
+            tmp_path, instance, "live", "-e", f"core_kernel_confirm_live={instance}"
+        )
+        print(f"switch TESTNET -> LIVE deploy took {seconds:.1f} s")
+        assert rc == 0, output[-3000:]
+        assert running_mode(host) == "LIVE"
+        mode = kernel_mode(host)
+        assert mode["mode"] == "LIVE" and mode["enforce"] is False, mode
+    finally:
+        host.run("printf %s %s > /etc/quantum/quantum.env", "%s", original)

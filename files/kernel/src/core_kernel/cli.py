@@ -54,6 +54,7 @@ from core_kernel.mode import ModeReport, TradingMode, detect_mode, report_for
 from core_kernel.proof import render_table, run_proof
 from core_kernel.protections import Limits
 from core_kernel.recovery import FileEventLog, RecoverySummary, recover
+from core_kernel.redis_client import make_client, target_from_config, target_key
 from core_kernel.store import KernelStore, admit_script
 from core_kernel.streams import GROUP, redis_down
 from core_kernel.trading_state import (
@@ -90,11 +91,11 @@ def _checked_url(url: str) -> str:
         raise UsageError(f"--redis-url={redact_url(url)}: {exc}") from None
 
 
-def _client(url: str, *, timeout: float = 10.0) -> redis.Redis:
+def _client(target: str | KernelConfig, *, timeout: float = 10.0) -> redis.Redis:
+    """A client for a checked ``--redis-url`` or the config's target (URL or Sentinel)."""
     # No retries: a command's time is bounded by its own timeout, not by retries x timeout.
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
+    return make_client(
+        target,
         socket_connect_timeout=min(3.0, timeout),
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -133,9 +134,11 @@ def derived_errors(config: KernelConfig) -> list[str]:
             f"from them cannot be computed exactly ({type(exc).__name__})"
         )
     try:
-        redis.ConnectionPool.from_url(config.redis_url)
+        # What the services build (no I/O): the URL's pool, or the Sentinel manager and pool.
+        make_client(config).close()
     except (ValueError, TypeError) as exc:
-        errors.append(f"{config.redis_url_key}={redact_url(config.redis_url)}: {exc}")
+        target = target_from_config(config)
+        errors.append(f"{target_key(config)}={target.describe()}: {exc}")
     return errors
 
 
@@ -189,7 +192,7 @@ def cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     log = _GuardedLog(FileEventLog(log_path, fallback=err))
     if log.error:
         err.write(f"recover: {log.error}; logging to stderr\n")
-    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config)
     started = time.time()
     textfile = _SweepTextfile(args.textfile, started, err)
     try:
@@ -288,7 +291,7 @@ class _GuardedLog:
 
 def cmd_stream_health(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
-    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config)
     try:
         data = stream_health(
             client,
@@ -309,7 +312,7 @@ def cmd_gate_proof(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     derived = derived_errors(config)
     if derived:
         raise ConfigError(derived)
-    client = _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+    client = _client(_checked_url(args.redis_url) if args.redis_url else config)
     try:
         results = run_proof(client, config)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -501,7 +504,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Any 
 
 def _state_client(args: argparse.Namespace) -> redis.Redis:
     config = _load(args)
-    return _client(_checked_url(args.redis_url) if args.redis_url else config.redis_url)
+    return _client(_checked_url(args.redis_url) if args.redis_url else config)
 
 
 def cmd_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

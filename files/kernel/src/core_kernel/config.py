@@ -36,6 +36,7 @@ from core_kernel.mode import FALSE_TEXTS, TRUE_TEXTS
 DEFAULT_PATH = Path("/etc/quantum/core_gates.env")
 PATH_ENV_VAR = "CORE_GATES_ENV"
 KERNEL_REDIS_URL_KEY = "CORE_KERNEL_REDIS_URL"
+SENTINELS_KEY = "CORE_KERNEL_REDIS_SENTINELS"
 #: The application's Redis URL: used by the kernel only when CORE_KERNEL_REDIS_URL is not set.
 APP_REDIS_URL_KEY = "REDIS_URL"
 
@@ -66,6 +67,15 @@ _ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
 
 # Empty means "not set"; the texts themselves are the ones mode.py reads.
 _BOOL_TEXTS = frozenset({""}) | TRUE_TEXTS | FALSE_TEXTS
+
+
+def split_paths(value: str) -> list[str]:
+    """APPLICATION_ENV_FILES: comma-separated absolute paths (ValueError names the bad one)."""
+    paths = [part.strip() for part in value.split(",") if part.strip()]
+    for path in paths:
+        if not (path.isascii() and path.isprintable() and path.startswith("/")) or " " in path:
+            raise ValueError(f"{path!r}: must be an absolute path without spaces")
+    return paths
 
 
 def _check_bool_text(value: str) -> str:
@@ -132,6 +142,18 @@ class KernelConfig(BaseSettings):
     # The kernel's own key: REDIS_URL is the application's, and a drop-in that wrote it would
     # move the application to the kernel's database. REDIS_URL is read only as a fallback.
     redis_url: str = Field("redis://127.0.0.1:6379/0", alias="CORE_KERNEL_REDIS_URL")
+    # Redis Sentinel (issue 15): with sentinels set, the master is resolved through them (and
+    # again after a failover) and the URL is not used; the data credentials and db below then
+    # stand for the URL's. Empty = a plain URL, as before.
+    redis_sentinels: str = Field("", alias="CORE_KERNEL_REDIS_SENTINELS")
+    redis_sentinel_master: str = Field("", alias="CORE_KERNEL_REDIS_SENTINEL_MASTER")
+    redis_sentinel_username: str = Field("", alias="CORE_KERNEL_REDIS_SENTINEL_USERNAME")
+    redis_sentinel_password: str = Field(
+        "", alias="CORE_KERNEL_REDIS_SENTINEL_PASSWORD", repr=False
+    )
+    redis_username: str = Field("", alias="CORE_KERNEL_REDIS_USERNAME")
+    redis_password: str = Field("", alias="CORE_KERNEL_REDIS_PASSWORD", repr=False)
+    redis_db: int = Field(0, alias="CORE_KERNEL_REDIS_DB", ge=0, le=99999)
     stream_recover_log: str = Field(
         "/var/log/quantum/stream_recover.log", alias="STREAM_RECOVER_LOG", min_length=1
     )
@@ -141,6 +163,16 @@ class KernelConfig(BaseSettings):
     binance_futures_url: str = Field("", alias="BINANCE_FUTURES_URL")
     binance_api_key: str = Field("", alias="BINANCE_API_KEY", repr=False)
     binance_api_secret: str = Field("", alias="BINANCE_API_SECRET", repr=False)
+
+    # the application's environment and the kernel's secrets (issue 12) -------------------------
+    # The mode keys above are the application's: the kernel's file does not carry them. Commands
+    # run outside the services (gate-proof, recover, mode, evaluate on the host) read them from
+    # the application's own env files named here (comma-separated absolute paths; only the mode
+    # keys are taken, a missing or unreadable file is skipped as systemd's `-` prefix does).
+    application_env_files: str = Field("", alias="APPLICATION_ENV_FILES")
+    # Secrets (CORE_KERNEL_REDIS_PASSWORD, ...) live apart from the 0640 env file, in a
+    # root-only file the drop-ins load through systemd; commands run as root read it from here.
+    secrets_file: str = Field("", alias="CORE_KERNEL_SECRETS_FILE")
 
     # exactly-once (issue 10) ------------------------------------------------------------------
     # How long a signed request stays executable on the exchange (Binance allows <= 60000 and
@@ -191,6 +223,30 @@ class KernelConfig(BaseSettings):
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("application_env_files")
+    @classmethod
+    def _check_app_env_files(cls, value: str) -> str:
+        split_paths(value)
+        return value
+
+    @field_validator("secrets_file")
+    @classmethod
+    def _check_secrets_file(cls, value: str) -> str:
+        if value and not (value.isascii() and value.startswith("/") and value.isprintable()):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _password_once(self) -> KernelConfig:
+        parsed = urlparse(self.redis_url)
+        in_url = parsed.password is not None or "password=" in parsed.query.lower()
+        if self.redis_password and not self.redis_sentinels and in_url:
+            raise ValueError(
+                "CORE_KERNEL_REDIS_PASSWORD is set and the Redis URL carries a password too: "
+                "give it in one place"
+            )
+        return self
 
     @field_validator("binance_position_mode")
     @classmethod
@@ -309,6 +365,7 @@ class KernelConfig(BaseSettings):
         "recovery_batch",
         "protection_stale_seconds",
         "market_data_max_age_ms",
+        "redis_db",
         mode="before",
     )
     @classmethod
@@ -353,6 +410,67 @@ class KernelConfig(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         return check_redis_url(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        parse_sentinels(value)
+        return value
+
+    @field_validator(
+        "redis_sentinel_master",
+        "redis_sentinel_username",
+        "redis_sentinel_password",
+        "redis_username",
+        "redis_password",
+    )
+    @classmethod
+    def _check_redis_word(cls, value: str) -> str:
+        # Sent in AUTH / SENTINEL commands as one argument: no whitespace or control characters.
+        if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must be printable ASCII without whitespace")
+        if len(value) > 512:
+            raise ValueError("longer than 512 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_or_url(self) -> KernelConfig:
+        # One source for the master: a URL next to the sentinels, or sentinel-only keys without
+        # them, would be silently ignored - refuse both so the operator sees which one counts.
+        # The master's username/password serve a plain URL too (kept out of the URL, in the
+        # secrets file), unless the URL carries credentials of its own (_password_once).
+        data_keys = {
+            "redis_db": "CORE_KERNEL_REDIS_DB",
+            "redis_sentinel_master": "CORE_KERNEL_REDIS_SENTINEL_MASTER",
+            "redis_sentinel_username": "CORE_KERNEL_REDIS_SENTINEL_USERNAME",
+            "redis_sentinel_password": "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+        }
+        for user, password in (
+            ("CORE_KERNEL_REDIS_USERNAME", "CORE_KERNEL_REDIS_PASSWORD"),
+            ("CORE_KERNEL_REDIS_SENTINEL_USERNAME", "CORE_KERNEL_REDIS_SENTINEL_PASSWORD"),
+        ):
+            if getattr(self, _field_of(user)) and not getattr(self, _field_of(password)):
+                raise ValueError(f"{user}: set without {password} (AUTH needs the password)")
+        if self.redis_sentinels:
+            if not self.redis_sentinel_master:
+                raise ValueError(
+                    f"CORE_KERNEL_REDIS_SENTINEL_MASTER: required when {SENTINELS_KEY} is set "
+                    "(the name in the sentinels' 'sentinel monitor' line)"
+                )
+            if "redis_url" in self.model_fields_set:
+                raise ValueError(
+                    f"{KERNEL_REDIS_URL_KEY}: set together with {SENTINELS_KEY}; the sentinels "
+                    "name the master - remove one of them"
+                )
+        else:
+            stray = [key for name, key in data_keys.items() if name in self.model_fields_set]
+            stray = [k for k in stray if getattr(self, _field_of(k)) not in ("", 0)]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)}: only used with {SENTINELS_KEY} (a plain "
+                    f"{KERNEL_REDIS_URL_KEY} carries its own db)"
+                )
+        return self
 
     @field_validator("binance_futures_url")
     @classmethod
@@ -412,6 +530,40 @@ class KernelConfig(BaseSettings):
         )
 
 
+#: At most this many sentinels: a list is tried in order on every master lookup.
+MAX_SENTINELS = 16
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[::1]:26379`` for IPv6) as (host, port) pairs; () for ''."""
+    if value == "":
+        return ()
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must be printable ASCII without whitespace: host:port,host:port")
+    out: list[tuple[str, int]] = []
+    for item in value.split(","):
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+            raise ValueError(f"{item!r}: must be host:port (e.g. 10.0.0.5:26379)")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{item!r}: port must be 1..65535")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"{item!r}: not an IPv6 address in brackets") from None
+        elif not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", host):
+            raise ValueError(f"{item!r}: host must be a name or an IP address")
+        if (host, port) in out:
+            raise ValueError(f"{item!r}: listed twice")
+        out.append((host, port))
+    if len(out) > MAX_SENTINELS:
+        raise ValueError(f"more than {MAX_SENTINELS} sentinels")
+    return tuple(out)
+
+
 def check_redis_url(value: str) -> str:
     """The whole URL as redis-py will read it (scheme, port, db), or ValueError with the reason."""
     import redis.connection  # noqa: PLC0415 - only for the parse, keeps config import light
@@ -438,7 +590,14 @@ def check_redis_url(value: str) -> str:
 
 
 #: keys whose value is a secret as a whole: never echoed, in an error or a dump
-SECRET_KEYS: frozenset[str] = frozenset({"BINANCE_API_KEY", "BINANCE_API_SECRET"})
+SECRET_KEYS: frozenset[str] = frozenset(
+    {
+        "BINANCE_API_KEY",
+        "BINANCE_API_SECRET",
+        "CORE_KERNEL_REDIS_PASSWORD",
+        "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+    }
+)
 #: keys whose value is a URL that may carry a password
 URL_KEYS: frozenset[str] = frozenset({KERNEL_REDIS_URL_KEY, APP_REDIS_URL_KEY})
 
@@ -476,6 +635,14 @@ def shown(key: str, value: object) -> object:
 
 def _alias(name: str, field: Any) -> str:
     return str(field.alias or name)
+
+
+def _field_of(key: str) -> str:
+    """The model field behind an env key."""
+    for name, fld in KernelConfig.model_fields.items():
+        if fld.alias == key:
+            return name
+    raise KeyError(key)
 
 
 KNOWN_KEYS: frozenset[str] = frozenset(
@@ -529,6 +696,83 @@ def resolve_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]
 
 
 MAX_CONFIG_BYTES = 1 << 20
+APP_ENV_FILES_KEY = "APPLICATION_ENV_FILES"
+SECRETS_FILE_KEY = "CORE_KERNEL_SECRETS_FILE"
+#: What the secrets file may hold: the kernel's own secrets, nothing else.
+SECRETS_FILE_KEYS = frozenset(
+    {
+        "CORE_KERNEL_REDIS_PASSWORD",
+        "CORE_KERNEL_REDIS_SENTINEL_PASSWORD",
+        "BINANCE_API_KEY",
+        "BINANCE_API_SECRET",
+    }
+)
+_MODE_LINE = re.compile(
+    r"^\s*(?:export\s+)?(TRADING_MODE|BINANCE_TESTNET|USE_BINANCE_TESTNET)\s*=(.*)$"
+)
+
+
+def _application_mode(paths_text: str) -> dict[str, str]:
+    """The mode keys of the application's env files, later files winning (systemd's order).
+
+    Only the three mode keys are read: the files also hold the application's own secrets,
+    which the kernel has no business holding. A file that is missing or unreadable (a command
+    run by an unprivileged user) is skipped: the mode is then what the environment says, or
+    UNKNOWN - which enforces every gate and lets recovery only report.
+    """
+    try:
+        paths = split_paths(paths_text)
+    except ValueError:
+        return {}  # the field validator reports it
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = _read_regular(Path(path))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        for line in text.splitlines():
+            match = _MODE_LINE.match(line)
+            if match:
+                found[match.group(1)] = _unquote(match.group(2))
+    return found
+
+
+def _read_secrets(path: str, errors: list[str]) -> dict[str, str]:
+    """The secrets file: root-only (no group or other bits), the kernel's secrets only.
+
+    Unreadable (a command run by an unprivileged user; the services get the file through
+    systemd) yields nothing: Redis then refuses the connection as "auth failed", by name.
+    """
+    label = f"{SECRETS_FILE_KEY}={path}"
+    try:
+        info = os.stat(path)
+        if info.st_mode & 0o077:
+            errors.append(
+                f"{label}: readable by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); must be 0600"
+            )
+            return {}
+        text = _read_regular(Path(path))
+    except PermissionError:
+        return {}
+    except FileNotFoundError:
+        errors.append(f"{label}: secrets file does not exist")
+        return {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        errors.append(f"{label}: cannot read secrets file: {exc}")
+        return {}
+    values, file_errors = parse_env_file(text, source=path)
+    # Never echo a line of this file: an error names the line number and the key only.
+    errors.extend(
+        f"{label}: line {line.rsplit('line ', 1)[-1].rstrip(')')}: not a secret the kernel reads"
+        if "unknown key" in line
+        else f"{label}: a line is not KEY=VALUE"
+        for line in file_errors
+    )
+    stray = sorted(set(values) - SECRETS_FILE_KEYS)
+    if stray:
+        errors.append(f"{label}: holds {', '.join(stray)}, which belong in the env file")
+    return {key: value for key, value in values.items() if key in SECRETS_FILE_KEYS}
 
 
 def _read_regular(path: Path) -> str:
@@ -577,11 +821,18 @@ def load_config(
             file_values, file_errors = parse_env_file(text, source=str(file_path))
             values.update(file_values)
             errors.extend(file_errors)
+    secrets_path = env.get(SECRETS_FILE_KEY) or values.get(SECRETS_FILE_KEY, "")
+    if secrets_path and not any(key in env for key in SECRETS_FILE_KEYS):
+        values.update(_read_secrets(secrets_path, errors))
+    app_files = env.get(APP_ENV_FILES_KEY, values.get(APP_ENV_FILES_KEY, ""))
+    # systemd's order: the application's files first, the kernel's file, then the environment.
+    values = {**_application_mode(app_files), **values}
     values.update({key: env[key] for key in KNOWN_KEYS if key in env})
     # The application's REDIS_URL counts only when the kernel's own key is not set anywhere.
     app_url = values.pop(APP_REDIS_URL_KEY, None)
     url_key = KERNEL_REDIS_URL_KEY
-    if KERNEL_REDIS_URL_KEY not in values and app_url is not None:
+    # With sentinels the application's URL is not a fallback: the sentinels name the master.
+    if KERNEL_REDIS_URL_KEY not in values and app_url is not None and not values.get(SENTINELS_KEY):
         values[KERNEL_REDIS_URL_KEY] = app_url
         url_key = APP_REDIS_URL_KEY
     try:

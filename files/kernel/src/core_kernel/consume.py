@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from core_kernel.redis_client import with_decoding
 from core_kernel.streams import _SCRIPTS, DEAD_LETTER_STREAM, GROUP, STREAM
 
 # PASS entries whose order status is not settled: entry id -> JSON record (the worker writes
@@ -40,13 +41,9 @@ class StreamEntry:
 
 
 def raw_client(client: redis.Redis) -> redis.Redis:
-    """A client on the same server and settings as ``client`` that returns bytes."""
-    kwargs = dict(client.connection_pool.connection_kwargs)
-    kwargs["decode_responses"] = False
-    pool = client.connection_pool.__class__(
-        connection_class=client.connection_pool.connection_class, **kwargs
-    )
-    return redis.Redis(connection_pool=pool)
+    """A client on the same server (or Sentinel master) and settings as ``client`` that returns
+    bytes."""
+    return with_decoding(client, decode_responses=False)
 
 
 def _id(value: Any) -> str:

@@ -26,6 +26,7 @@ from core_kernel.gates import GateVerdict, Reason
 from core_kernel.intent import SYMBOL_PATTERN, IntentError, parse_intent
 from core_kernel.log import kv
 from core_kernel.mode import ModeReport, detect_mode
+from core_kernel.redis_client import make_client
 from core_kernel.store import KernelStore, StateError
 
 __all__ = ["GateVerdict", "Reason", "configure", "get_store", "profit_gate", "record_trade"]
@@ -45,9 +46,7 @@ class _State:
 
 def _client(config: KernelConfig) -> redis.Redis:
     # Bounded: a stalled Redis answers STATE_UNAVAILABLE within seconds, never hangs a caller.
-    return redis.Redis.from_url(
-        config.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=2
-    )
+    return make_client(config, socket_connect_timeout=2, socket_timeout=2)
 
 
 _state = _State()

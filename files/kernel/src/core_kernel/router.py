@@ -36,6 +36,7 @@ from core_kernel.intent import loads_json
 from core_kernel.log import kv, setup_logging
 from core_kernel.metrics import RouterMetrics
 from core_kernel.metrics import serve as metrics_serve
+from core_kernel.redis_client import target_from_config, target_key
 from core_kernel.worker import sd_notify
 
 log = logging.getLogger("core_kernel.router")
@@ -350,11 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     config = load_service_config(args.config, sys.stderr)
     if config is None:
         return 2
-    redis_url = args.redis_url or config.redis_url
     # Named in errors without its password; the variable is not reused for the exchange URL.
-    where = f"{'--redis-url' if args.redis_url else config.redis_url_key}={redact_url(redis_url)}"
+    if args.redis_url:
+        where = f"--redis-url={redact_url(args.redis_url)}"
+    else:
+        where = f"{target_key(config)}={target_from_config(config).describe()}"
     try:
-        client = streams.make_client(check_redis_url(redis_url), socket_timeout=30)
+        url = check_redis_url(args.redis_url) if args.redis_url else None
+        client = streams.make_client(target_from_config(config, url), socket_timeout=30)
     except ValueError as exc:
         print(f"{where}: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,10 @@ from typing import Any
 import redis
 
 from core_kernel import intent as _intent
+from core_kernel import redis_client
+from core_kernel.config import KernelConfig
 from core_kernel.intent import Intent, parse_intent
+from core_kernel.redis_client import RedisTarget
 
 STREAM = "quantum:stream:trade.intent"
 GROUP = "quantum:group:execution:trade.intent"
@@ -30,9 +33,12 @@ def load_lua(name: str) -> str:
     return resources.files("core_kernel").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-def make_client(url: str, *, socket_timeout: float | None = 5.0, **kwargs: Any) -> redis.Redis:
-    """A decoded client; pass ``socket_timeout=None`` (or > block time) for long blocking reads."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout, **kwargs)
+def make_client(
+    target: str | RedisTarget | KernelConfig, *, socket_timeout: float | None = 5.0, **kwargs: Any
+) -> redis.Redis:
+    """A decoded client (URL, or the config's URL or Sentinel master: ``redis_client``); pass
+    ``socket_timeout=None`` (or > block time) for long blocking reads."""
+    return redis_client.make_client(target, socket_timeout=socket_timeout, **kwargs)
 
 
 def redis_down(exc: Exception) -> tuple[str, str]:

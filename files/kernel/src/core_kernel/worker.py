@@ -860,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # socket_timeout above the block time: redis-py 8's 5 s default would break a long BLOCK.
     client = streams.make_client(
-        config.redis_url,
+        config,
         socket_timeout=args.block_ms / 1000 + 10,
         socket_connect_timeout=5,
         health_check_interval=30,
