@@ -105,3 +105,129 @@ def test_services_run_with_the_pre_deploy_environment(host, unit):
         "lost": sorted(old.keys() - new.keys()),
         "changed": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
     }
+
+
+def _restore(host, evidence):
+    """The evidence's own copy of the restore program, with the system Python, as ROLLBACK.sh
+    runs it."""
+    program = host.file(f"{host.file(EVIDENCE_LATEST).linked_to}/restore.py")
+    assert program.exists, "the deploy keeps restore.py in its evidence directory"
+    cmd = host.run(
+        "python3 -I -B %s %s --current-link /run/masktest/current",
+        program.path,
+        evidence,
+    )
+    return cmd.rc, (json.loads(cmd.stdout) if cmd.stdout.strip() else {}), cmd.stderr
+
+
+EVIDENCE_LATEST = "/var/lib/quantum/evidence/latest"
+
+
+def test_rollback_sh_and_rollback_yml_agree_nothing_is_left_to_do(host):
+    """ROLLBACK.sh runs the same program rollback.yml ran: after rollback.yml it finds nothing
+    to change (--dry-run), and a real second run changes nothing on real systemd."""
+    target = host.file(EVIDENCE_LATEST).linked_to
+    dry = host.run("%s/ROLLBACK.sh --dry-run", target)
+    assert dry.rc == 0, dry.stderr
+    assert "would" not in dry.stderr, dry.stderr
+    again = host.run("%s/ROLLBACK.sh", target)
+    assert again.rc == 0, again.stderr
+    logs = host.check_output("ls %s/logs", target).split()
+    result = max(
+        name for name in logs if name.startswith("rollback_sh_") and name.endswith(".json")
+    )
+    data = json.loads(host.file(f"{target}/logs/{result}").content_string)
+    assert data["ok"] is True and data["changed"] is False and data["actions"] == []
+
+
+MASKTEST = "quantum-masktest.service"
+
+
+def _unit(host):
+    out = host.check_output(
+        "systemctl show -p LoadState,UnitFileState,ActiveState --no-pager %s", MASKTEST
+    )
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def _evidence(host, name, unit_state):
+    evidence = f"/root/masktest/{name}"
+    manifest = {
+        "created": "20260101T000000Z",
+        "host": "lab",
+        "release_new": "none",
+        "current": {"existed": False, "target": ""},
+        "group": {"name": "", "existed_before_run": True, "members": [], "members_before": []},
+        "files": [],
+        "dirs": {},
+        "units": {MASKTEST: {"Id": MASKTEST, "SubState": "", **unit_state}},
+    }
+    host.check_output("install -d -m 0700 %s/backup", evidence)
+    host.check_output(
+        "printf '%%s' %s > %s/backup/manifest.json && chmod 0600 %s/backup/manifest.json",
+        json.dumps(manifest),
+        evidence,
+        evidence,
+    )
+    return evidence
+
+
+def test_a_masked_unit_goes_back_to_masked_and_back_to_enabled_on_real_systemd(host):
+    """The old disagreement: ROLLBACK.sh disabled a masked unit, rollback.yml left it alone.
+    The one restore masks it again, and unmasks, enables and starts one recorded so."""
+    unit_file = f"/run/systemd/system/{MASKTEST}"
+    host.check_output(
+        "mkdir -p /run/systemd/system && printf '%%s\\n' '[Service]'"
+        " 'ExecStart=/bin/sleep infinity' '[Install]' 'WantedBy=multi-user.target' > %s"
+        " && systemctl daemon-reload"
+        " && systemctl enable --now %s",
+        unit_file,
+        MASKTEST,
+    )
+    try:
+        assert _unit(host)["ActiveState"] == "active"
+        masked = _evidence(
+            host,
+            "core_kernel_masked",
+            {"LoadState": "masked", "UnitFileState": "masked", "ActiveState": "inactive"},
+        )
+        rc, result, err = _restore(host, masked)
+        assert rc == 0, err
+        assert "mask quantum-masktest.service" in result["actions"]
+        assert _unit(host) == {
+            "LoadState": "masked",
+            "UnitFileState": "masked",
+            "ActiveState": "inactive",
+        }
+        rc, result, err = _restore(host, masked)
+        assert rc == 0 and result["actions"] == [], (err, result)
+
+        enabled = _evidence(
+            host,
+            "core_kernel_enabled",
+            {"LoadState": "loaded", "UnitFileState": "enabled", "ActiveState": "active"},
+        )
+        rc, result, err = _restore(host, enabled)
+        assert rc == 0, err
+        assert result["actions"][:2] == [
+            "unmask quantum-masktest.service",
+            "enable quantum-masktest.service",
+        ]
+        assert _unit(host) == {
+            "LoadState": "loaded",
+            "UnitFileState": "enabled",
+            "ActiveState": "active",
+        }
+        rc, result, err = _restore(host, enabled)
+        assert rc == 0 and result["actions"] == [], (err, result)
+    finally:
+        host.run(
+            "systemctl disable --now %s; systemctl unmask %s; rm -f %s; systemctl daemon-reload;"
+            " rm -rf /root/masktest",
+            MASKTEST,
+            MASKTEST,
+            unit_file,
+        )
+    # the host is as the snapshot says again (/etc/systemd/system is in it)
+    assert not host.file(f"/etc/systemd/system/{MASKTEST}").exists
+    assert not host.file(f"/etc/systemd/system/multi-user.target.wants/{MASKTEST}").exists

@@ -10,6 +10,9 @@ and the reason, never a traceback. Exit codes (every subcommand):
 * 3 Redis unreachable (evaluate: only when refused at start; a stall is HOLD per line);
 * 4 another Redis error (e.g. a key of the wrong type);
 * 130 interrupted.
+
+``restore`` has its own codes (0 restored, 1 still differs, 2 refused, 3 damaged backup, 4 failed
+part-way): see core_kernel.restore, which ROLLBACK.sh also runs without this module.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core_kernel import __version__, gates, proof, protect
+from core_kernel import __version__, gates, proof, protect, restore
 from core_kernel.config import (
     ConfigError,
     KernelConfig,
@@ -646,7 +649,7 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a few lines per subcommand
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -743,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per poll")
     p.add_argument("--redis-url", metavar="URL")
     p.set_defaults(func=cmd_protect)
+
+    # restore (issue 12 item 8): the one rollback, also run by rollback.yml and ROLLBACK.sh
+    restore.add_subcommand(sub)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, config=None)

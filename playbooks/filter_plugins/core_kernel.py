@@ -1,0 +1,1 @@
+../../roles/core_kernel/filter_plugins/core_kernel.py

@@ -1,0 +1,1 @@
+../../roles/kernel_monitoring/filter_plugins/kernel_monitoring.py
