@@ -327,7 +327,8 @@ def test_an_interrupted_deploy_fails_verify_and_the_next_run_finishes_it(
     assert canary not in OUTPUTS["interrupted"]
     # whatever the killed run had started on the host (sudo python over the dropped link) ends
     deadline = time.monotonic() + 60
-    while host.run("pgrep -f BECOME-SUCCESS").rc == 0:
+    # [B]: the shell testinfra runs pgrep in carries the pattern too, and would match itself
+    while host.run("pgrep -f '[B]ECOME-SUCCESS'").rc == 0:
         assert time.monotonic() < deadline, host.check_output("ps -eo pid,user,args")
         time.sleep(0.5)
     assert host.file(MARKER).exists, "the change in progress was not recorded"
@@ -336,7 +337,8 @@ def test_an_interrupted_deploy_fails_verify_and_the_next_run_finishes_it(
 
     rc, out, _ = run(host, instance, canary, "verify-interrupted", "verify.yml")
     assert rc != 0, out[-3000:]
-    assert "did not finish" in out, out[-3000:]
+    # the yaml callback folds long messages where the line gets long: unfold before looking
+    assert "did not finish" in " ".join(out.split()), out[-3000:]
 
 
 def test_the_next_run_recovers_at_vvv_with_no_secret_on_any_command_line(
@@ -384,7 +386,7 @@ def grep_host(instance: str, canary: str, *paths: str) -> list[str]:
             "-i",
             instance,
             "grep",
-            "-rlsF",
+            "-rlF",
             "-f",
             "-",
             "--exclude-dir=proc",
@@ -397,7 +399,9 @@ def grep_host(instance: str, canary: str, *paths: str) -> list[str]:
         text=True,
         check=False,
     )
-    assert done.returncode in (0, 1), done.stderr
+    # 2 = some file could not be read: only files that vanished during the walk are excused
+    unreadable = [e for e in done.stderr.splitlines() if "No such file or directory" not in e]
+    assert done.returncode in (0, 1, 2) and unreadable == [], done.stderr[-2000:]
     return done.stdout.split()
 
 
@@ -427,9 +431,9 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
     ).stdout
     assert journal and canary not in journal, "the Redis password is in the journal"
 
-    # the host's evidence: directories 0700, files 0600 (or stricter)
+    # the host's evidence: directories 0700, files root's alone (0600, scripts 0700)
     loose = host.check_output(
-        "find %s \\( -type d ! -perm 0700 -o -type f -perm /0177 \\) -printf '%%m %%p\\n'",
+        "find %s \\( -type d ! -perm 0700 -o -type f -perm /0077 \\) -printf '%%m %%p\\n'",
         EVIDENCE_ROOT,
     )
     assert loose == "", f"host evidence with loose modes:\n{loose}"
@@ -442,7 +446,7 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
         f"{oct(p.stat().st_mode & 0o777)} {p}"
         for p in [controller, *controller.rglob("*")]
         if (p.is_dir() and p.stat().st_mode & 0o777 != 0o700)
-        or (p.is_file() and p.stat().st_mode & 0o177)
+        or (p.is_file() and p.stat().st_mode & 0o077)
     ]
     assert loose_local == [], f"controller evidence with loose modes: {loose_local}"
 
