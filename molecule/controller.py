@@ -76,3 +76,57 @@ def start_playbook(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+# --- an operator's own inventory (the ssh scenario) -----------------------------------------------
+
+
+def operator_env() -> dict[str, str]:
+    """The controller environment an operator's shell would give ansible-playbook: none of the
+    test runner's ANSIBLE_* settings, the project's ansible.cfg, the venv's tools first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["ANSIBLE_CONFIG"] = str(PROJECT / "ansible.cfg")
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def operator_command(inventory: Path, playbook: str, *extra: str) -> list[str]:
+    return [ansible_playbook(), "-i", str(inventory), f"playbooks/{playbook}", *extra]
+
+
+def run_operator_playbook(inventory: Path, playbook: str, *extra: str) -> tuple[int, str, float]:
+    """playbooks/<playbook> with an inventory directory as an operator has it (its own
+    connection settings, group_vars, host_vars). Returns (exit code, stdout + stderr, seconds)."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        operator_command(inventory, playbook, *extra),
+        cwd=PROJECT,
+        env=operator_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, time.monotonic() - start
+
+
+def start_operator_playbook(
+    inventory: Path, playbook: str, *extra: str, output: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The same run in the background, in its own process group (so a test can kill all of it,
+    as Ctrl-C or a dropped link would); its output goes to `output` when given."""
+    sink = open(output, "wb") if output else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    try:
+        return subprocess.Popen(
+            operator_command(inventory, playbook, *extra),
+            cwd=PROJECT,
+            env=operator_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if output:
+            sink.close()  # type: ignore[union-attr]
