@@ -41,6 +41,7 @@ INVENTORY = EPH / "operator"  # not EPH/inventory: that is Molecule's own
 USER = "deploy"
 HOME = f"/home/{USER}"
 ENV_FILE = "/etc/quantum/core_gates.env"
+SECRETS_FILE = "/etc/quantum/core_kernel.secrets.env"
 EVIDENCE_ROOT = "/var/lib/quantum/evidence"
 MARKER = f"{EVIDENCE_ROOT}/PENDING.json"
 STANDINS = ("quantum-execution", "quantum-ai-strategy-router")
@@ -367,10 +368,12 @@ def test_the_next_run_recovers_at_vvv_with_no_secret_on_any_command_line(
 ALLOWED = [
     # the lab Redis's own configuration (prepare put the password there)
     re.compile(r"^/etc/redis/redis\.conf$"),
-    # the kernel's env file: its Redis URL (0600, checked below)
-    re.compile(rf"^{re.escape(ENV_FILE)}$"),
-    # a deploy's byte-identical backup of that env file (rollback restores it): 0600 in 0700
-    re.compile(rf"^{re.escape(EVIDENCE_ROOT)}/core_kernel_[^/]+/backup/.*core_gates\.env[^/]*$"),
+    # the kernel's secrets file (root 0600, checked below)
+    re.compile(rf"^{re.escape(SECRETS_FILE)}$"),
+    # a deploy's byte-identical backup of that file (rollback restores it): 0600 in 0700
+    re.compile(
+        rf"^{re.escape(EVIDENCE_ROOT)}/core_kernel_[^/]+/backup/.*core_kernel\.secrets\.env$"
+    ),
     # the lab stand-ins' dump of their own environment (the drop-in gives them the kernel's
     # URL): lab only, 0600 owned by the service user
     re.compile(r"^/run/quantum-lab/[^/]+\.env\.json$"),
@@ -417,12 +420,12 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
     print(f"\nfiles on the host holding the canary: {hits}")
     leaks = [h for h in hits if not any(p.match(h) for p in ALLOWED)]
     assert leaks == [], f"the Redis password leaked into {leaks}"
-    assert ENV_FILE in hits, "the sweep found not even the kernel's env file: it cannot see"
+    assert SECRETS_FILE in hits, "the sweep found not even the secrets file: it cannot see"
+    assert ENV_FILE not in hits, "the password is in the 0640 env file the services' group reads"
     for path in hits:
-        # the kernel's files: root's, no access for others (the env file is 0640 root:quantum
-        # today: the services read it in-process)
+        # the kernel's secret files: root's alone
         if path.startswith(("/etc/quantum/", EVIDENCE_ROOT)):
-            assert host.file(path).user == "root" and host.file(path).mode & 0o007 == 0, path
+            assert host.file(path).user == "root" and host.file(path).mode & 0o077 == 0, path
     journal = subprocess.run(
         ["podman", "exec", instance, "journalctl", "--no-pager", "-o", "cat"],
         capture_output=True,
