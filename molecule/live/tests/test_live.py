@@ -355,7 +355,7 @@ def test_a_failed_deploy_names_the_failing_unit_and_rolls_back(host, instance, t
         "-e",
         f"core_kernel_confirm_live={instance}",
         "-e",
-        f"core_kernel_exec_start_pre={failing}",
+        json.dumps({"core_kernel_exec_start_pre": failing}),  # key=value would split it
     )
     assert rc != 0, output[-3000:]
     flat = " ".join(output.split())
