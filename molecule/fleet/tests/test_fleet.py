@@ -49,7 +49,9 @@ def _snapshot(name: str) -> dict:
     return state
 
 
-def _rollout(tmp: Path, fault_host_vars: dict[str, dict[str, object]]) -> tuple[int, str, float]:
+def _rollout(
+    tmp: Path, label: str, fault_host_vars: dict[str, dict[str, object]]
+) -> tuple[int, str, float]:
     """deploy.yml over the four hosts with inventory/lab's group_vars (as an operator runs it)."""
     inv = tmp / "inventory"
     inv.mkdir()
@@ -67,19 +69,25 @@ def _rollout(tmp: Path, fault_host_vars: dict[str, dict[str, object]]) -> tuple[
     env.update(
         ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
         ANSIBLE_FORCE_COLOR="0",
+        # a timestamp on every task banner: the batches' durations are read from it
+        ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
     )
+    # Written as it runs (build/fleet-<label>.log): a slow or stuck rollout can be watched.
+    TIMINGS.parent.mkdir(exist_ok=True)
+    log = TIMINGS.parent / f"fleet-{label}.log"
     start = time.monotonic()
-    proc = subprocess.run(
-        [ansible_playbook(), "-i", str(inv), "playbooks/deploy.yml"],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
-    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+    with log.open("w") as fh:
+        proc = subprocess.run(
+            [ansible_playbook(), "-i", str(inv), "playbooks/deploy.yml"],
+            cwd=PROJECT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=3000,
+            check=False,
+        )
+    return proc.returncode, log.read_text(), time.monotonic() - start
 
 
 def _batches(out: str) -> list[set[str]]:
@@ -88,12 +96,30 @@ def _batches(out: str) -> list[set[str]]:
     return [set(line.findall(section)) for section in out.split(PLAY)[1:]]
 
 
-def _record(name: str, seconds: float) -> None:
+# profile_tasks: "... 11:53:09 +0000 (0:00:01.234)       0:05:10.123 ****", the last figure is
+# the time since the run started.
+ELAPSED = re.compile(r"\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+\s*$", re.M)
+
+
+def _batch_seconds(out: str) -> list[float]:
+    """Seconds from each batch's first task banner to the next batch's (or the run's end)."""
+    marks = []
+    for section in out.split(PLAY)[1:]:
+        found = ELAPSED.search(section)
+        if found:
+            h, m, sec = found.groups()
+            marks.append(int(h) * 3600 + int(m) * 60 + float(sec))
+    last = [int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in ELAPSED.findall(out)]
+    ends = marks[1:] + last[-1:]
+    return [round(end - start, 1) for start, end in zip(marks, ends, strict=False)]
+
+
+def _record(name: str, seconds: float, out: str) -> None:
     TIMINGS.parent.mkdir(exist_ok=True)
     data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    data[name] = round(seconds, 1)
+    data[name] = {"seconds": round(seconds, 1), "batches": _batch_seconds(out)}
     TIMINGS.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"fleet timing: {name} {seconds:.1f} s", file=sys.stderr)
+    print(f"fleet timing: {name} {data[name]}", file=sys.stderr)
 
 
 def _differences(before: dict, after: dict) -> dict:
@@ -113,17 +139,19 @@ def _differences(before: dict, after: dict) -> dict:
 def failed_rollout(tmp_path_factory):
     before = {name: _snapshot(name) for name in HOSTS}
     rc, out, seconds = _rollout(
-        tmp_path_factory.mktemp("failed"), {FAILING: {"core_kernel_min_notional_usd": 0}}
+        tmp_path_factory.mktemp("failed"),
+        "rollout_failing_at_fleet-2",
+        {FAILING: {"core_kernel_min_notional_usd": 0}},
     )
-    _record("rollout_failing_at_fleet-2", seconds)
+    _record("rollout_failing_at_fleet-2", seconds, out)
     after = {name: _snapshot(name) for name in HOSTS}
     return rc, out, before, after
 
 
 @pytest.fixture(scope="module")
 def clean_rollout(failed_rollout, tmp_path_factory):
-    rc, out, seconds = _rollout(tmp_path_factory.mktemp("clean"), {})
-    _record("rollout_clean_4_hosts", seconds)
+    rc, out, seconds = _rollout(tmp_path_factory.mktemp("clean"), "rollout_clean_4_hosts", {})
+    _record("rollout_clean_4_hosts", seconds, out)
     return rc, out
 
 
