@@ -41,6 +41,11 @@ def _host(name: str) -> testinfra.host.Host:
 def _snapshot(name: str) -> dict:
     host = _host(name)
     state = json.loads(host.check_output("python3 /root/snapshot.py"))
+    # the controller's evidence/<host>/ keeps earlier runs: compared before/after, not must-be-empty
+    controller = PROJECT / "evidence" / name
+    state["controller_evidence"] = (
+        sorted(p.name for p in controller.iterdir()) if controller.is_dir() else []
+    )
     # Set by systemd per start: unchanged means the service was not restarted.
     state["invocations"] = {
         unit: host.check_output("systemctl show -p InvocationID --value %s", unit)
@@ -129,7 +134,7 @@ def _differences(before: dict, after: dict) -> dict:
         a = after["files"].get(path, {"exists": False})
         if a != b:
             diff[path] = (b, a)
-    for key in ("units", "users", "groups", "invocations"):
+    for key in ("units", "users", "groups", "invocations", "controller_evidence"):
         if before[key] != after[key]:
             diff[key] = (before[key], after[key])
     return diff
@@ -184,8 +189,9 @@ def test_the_failing_host_is_restored_to_its_pre_run_state(failed_rollout):
     # snapshot.py lists what exists under its trees: no entry = no such file
     assert "/etc/quantum/core_gates.env" not in before[FAILING]["files"]
     diff = _differences(before[FAILING], after[FAILING])
-    # The services were restarted twice (deploy, rollback): the only permitted difference.
-    assert set(diff) <= {"invocations"}, diff
+    # The services were restarted twice (deploy, rollback) and the evidence was fetched: the only
+    # permitted differences.
+    assert set(diff) <= {"invocations", "controller_evidence"}, diff
     for unit in SERVICES:
         out = _host(FAILING).check_output("systemctl show -p DropInPaths,ActiveState %s", unit)
         assert "20-core-kernel.conf" not in out and "ActiveState=active" in out, out
@@ -204,7 +210,6 @@ def test_hosts_of_later_batches_are_untouched(failed_rollout, name):
         EVIDENCE,
     ):
         assert not host.file(path).exists, path
-    assert not (PROJECT / "evidence" / name).exists()
 
 
 def test_the_canary_of_the_failing_rollout_stays_deployed(failed_rollout):
