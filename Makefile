@@ -26,7 +26,7 @@ KERNEL    := files/kernel
 PY_EXTRA  := scripts/lab molecule roles tests
 
 .PHONY: help venv constraints host-setup lab-image lab lab-down deploy test lint test-kernel test-controller \
-        molecule molecule-lane-a molecule-lane-b bench clean
+        molecule molecule-lane-a molecule-lane-b molecule-lane-c bench clean
 
 help:
 	@echo "make deploy       host set-up, venv, lab image, lab host, lab prepare + playbooks/deploy.yml"
@@ -122,15 +122,18 @@ molecule: venv lab-image
 	  ls molecule/$$s/tests/test_*.py >/dev/null 2>&1 || { \
 	    echo "molecule: scenario $$s has no molecule/$$s/tests/test_*.py; its verify would pass empty" >&2; exit 1; }; \
 	done
-	@$(MAKE) --no-print-directory -j2 molecule-lane-a molecule-lane-b
+	@$(MAKE) --no-print-directory -j3 molecule-lane-a molecule-lane-b molecule-lane-c
 
-# Two lanes side by side (each scenario has its own instance, quantum-lab-<scenario>): most of a
-# scenario's time is waiting on systemd, Redis and Prometheus, so two lanes on two cores take
-# about 60% of one. Every line is prefixed with its scenario; a lane stops at its first failure
+# Lanes side by side (each scenario has its own instance, quantum-lab-<scenario>): most of a
+# scenario's time is waiting on systemd, Redis, SSH and Prometheus, so lanes on two cores take
+# far less than one after another. Every line is prefixed with its scenario; a lane stops at its first failure
 # and the other lane finishes, so both failures (if any) are in the log.
+# Three lanes: the SSH and fleet scenarios (each ~10 min, mostly SSH round trips and four hosts'
+# systemd) would otherwise double the longest lane.
 LANE_A := $(filter $(SCENARIOS),default live)
-LANE_B := $(filter-out $(LANE_A),$(SCENARIOS))
-molecule-lane-a molecule-lane-b: molecule-lane-%:
+LANE_C := $(filter $(SCENARIOS),ssh fleet)
+LANE_B := $(filter-out $(LANE_A) $(LANE_C),$(SCENARIOS))
+molecule-lane-a molecule-lane-b molecule-lane-c: molecule-lane-%:
 	@for s in $(LANE_$(shell echo $* | tr a-z A-Z)); do \
 	  $(TIMED) "molecule $$s" molecule test -s $$s 2>&1 | sed -u "s/^/[$$s] /" || exit $$?; \
 	done
