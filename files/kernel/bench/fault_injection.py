@@ -777,6 +777,9 @@ def run_failover(
     counts = collections.Counter[str]()
     kill_at_results = max(10, int(n_intents * 0.4))
     ahead = 20
+    # Nothing past this goes out before the kill: on a fast machine the whole run would
+    # otherwise finish during the replication cut, and the kill would not be mid-run.
+    cap = min(n_intents - 1, kill_at_results + 3 * ahead)
     killed = threading.Event()
     try:
         for w in pipe.workers:
@@ -788,7 +791,9 @@ def run_failover(
                 # At most `ahead` intents without a result until the kill: publishing goes on
                 # through the cut (those intents are lost too) instead of being over before it.
                 # After the kill the rest go out at once (the lost results would hold it back).
-                while not killed.is_set() and i - _retrying(client.xlen, RESULTS) > ahead:
+                while not killed.is_set() and (
+                    i >= cap or i - _retrying(client.xlen, RESULTS) > ahead
+                ):
                     time.sleep(0.01)
                 text = json.dumps(intent(i, run))
                 counts[_retrying(publish_text, client, text)] += 1
