@@ -112,15 +112,19 @@ def environments(host) -> dict[str, tuple[int, dict[str, str]]]:
 
 
 def kernel_keys(host) -> set[str]:
-    if not host.file(ENV_FILE).exists:
-        return set()
-    text = host.check_output("cat %s", ENV_FILE)
-    return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"}
+    """The keys of the kernel's env file and of its secrets file (names only: the secrets
+    file's values never leave the host)."""
+    keys: set[str] = set()
+    for path in (ENV_FILE, SECRETS_FILE):
+        if host.file(path).exists:
+            text = host.check_output("grep -v '^#' %s | cut -d= -f1", path)
+            keys |= {line.strip() for line in text.splitlines() if line.strip()}
+    return keys
 
 
 def assert_application_env_kept(host, before: dict, now: dict) -> None:
     """Every variable the application's own env files set keeps its value; the only variables
-    added are the kernel's own (keys of its env file); none is lost."""
+    added are the kernel's own (keys of its env and secrets files); none is lost."""
     own = kernel_keys(host)
     for unit in STANDINS:
         old, new = before[unit][1], now[unit][1]
