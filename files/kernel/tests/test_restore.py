@@ -224,6 +224,11 @@ def test_restores_the_before_state_exactly_and_a_second_run_changes_nothing(
     assert (kept / "stream_recover.log").read_text() == "sweep ok\n"
     assert (kept / "stream_recover.log").stat().st_mode & 0o777 == 0o600
     assert kept.stat().st_mode & 0o777 == 0o700
+    # every directory on the way, the rollback's own included (made as kept/'s parents)
+    for parent in kept.parents:
+        if parent == host.evidence:
+            break
+        assert parent.stat().st_mode & 0o777 == 0o700, parent
     written = json.loads((host.evidence / "rollback_20260102T000000Z/result.json").read_text())
     assert written == result
     assert (host.evidence / "rollback_20260102T000000Z/result.json").stat().st_mode & 0o777 == 0o600

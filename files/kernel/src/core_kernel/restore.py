@@ -734,6 +734,8 @@ def _user_exists(name: str) -> bool:
 def _write_result(restore: Restore, result: dict[str, Any]) -> None:
     directory = restore.rollback_dir
     directory.mkdir(mode=0o700, exist_ok=True)
+    # It may exist already, made as a parent of kept/ with the umask's 0755.
+    os.chmod(directory, 0o700)
     path = directory / "result.json"
     tmp = directory / ".result.json.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
