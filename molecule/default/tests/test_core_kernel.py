@@ -23,9 +23,6 @@ ORIGINAL_VALUES = {
     "MIN_R_RANGE": "1.8",
     "ZOMBIE_IDLE_MS": "3600000",
     "STALE_IDLE_MS": "60000",
-    "TRADING_MODE": "TESTNET",
-    "BINANCE_TESTNET": "true",
-    "USE_BINANCE_TESTNET": "true",
 }
 
 
@@ -65,6 +62,10 @@ def test_env_file_leaves_the_applications_keys_alone(host):
     assert not {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_FUTURES_URL"} & keys
     # Nor the application's REDIS_URL: the kernel's Redis has a key of its own.
     assert "REDIS_URL" not in keys
+    # Nor the mode (issue 12 items 1, 6): the application declares it; the kernel names the
+    # application's files it reads the mode keys from.
+    assert not {"TRADING_MODE", "BINANCE_TESTNET", "USE_BINANCE_TESTNET"} & keys
+    assert env_values(host)["APPLICATION_ENV_FILES"].split(",")[0] == "/etc/quantum/quantum.env"
     assert env_values(host)["CORE_KERNEL_REDIS_URL"] == "redis://127.0.0.1:6379/0"
 
 

@@ -199,7 +199,12 @@ def test_service_hardening_effective_in_unit(host):
     assert "127.0.0.0/8" in props["IPAddressAllow"]
     assert props["MemoryDenyWriteExecute"] == "yes"
     assert props["UMask"] == "0007"
-    assert props["EnvironmentFiles"].startswith(ENV_FILE)
+    # the application's files first (for the mode), then the kernel's (required), then its
+    # secrets file (optional)
+    files = [line.split(" ")[0] for line in props["EnvironmentFiles"].splitlines()]
+    assert files[0] == "/etc/quantum/quantum.env", files
+    assert files[-2:] == [ENV_FILE, "/etc/quantum/core_kernel.secrets.env"], files
+    assert f"{ENV_FILE} (ignore_errors=no)" in props["EnvironmentFiles"]
     assert "redis-server.service" in props["After"].split()
 
 
