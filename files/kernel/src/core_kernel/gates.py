@@ -256,19 +256,58 @@ def to_micro(amount: Decimal, *, up: bool) -> int:
     return min(int(q.scaleb(6, context=_CTX)), _MICRO_CAP)
 
 
-@dataclass(slots=True)
 class Decision:
-    """One verdict. Treat as read-only (not frozen only because frozen init costs ~1 us)."""
+    """One verdict. Treat as read-only.
 
-    verdict: GateVerdict
-    reasons: tuple[Reason, ...]
-    primary: Reason
-    enforced: bool
-    mode: TradingMode
-    context: dict[str, Any]
-    replayed: bool = False
-    client_order_id: str | None = None
-    trace_id: str | None = None
+    ``context`` (the numbers and notes behind the verdict, for the JSON output and the log line)
+    is built on first read from what the judgement kept (``Partial``, the state outcome): the
+    verdict never depends on it, and a worker that logs nothing never pays for it.
+    """
+
+    __slots__ = (
+        "_context",
+        "_source",
+        "client_order_id",
+        "enforced",
+        "mode",
+        "primary",
+        "reasons",
+        "replayed",
+        "trace_id",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        verdict: GateVerdict,
+        reasons: tuple[Reason, ...],
+        primary: Reason,
+        enforced: bool,
+        mode: TradingMode,
+        *,
+        context: dict[str, Any] | None = None,
+        replayed: bool = False,
+        client_order_id: str | None = None,
+        trace_id: str | None = None,
+        source: _Source | None = None,
+    ) -> None:
+        self.verdict = verdict
+        self.reasons = reasons
+        self.primary = primary
+        self.enforced = enforced
+        self.mode = mode
+        self._context = context
+        self._source = source
+        self.replayed = replayed
+        self.client_order_id = client_order_id
+        self.trace_id = trace_id
+
+    @property
+    def context(self) -> dict[str, Any]:
+        ctx = self._context
+        if ctx is None:
+            ctx = self._context = _decision_context(self)
+        return ctx
 
     @property
     def codes(self) -> list[str]:
@@ -284,6 +323,32 @@ class Decision:
             "replayed": self.replayed,
             "context": jsonable(self.context),
         }
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.verdict,
+            self.reasons,
+            self.primary,
+            self.enforced,
+            self.mode,
+            self.context,
+            self.replayed,
+            self.client_order_id,
+            self.trace_id,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(verdict={self.verdict!r}, reasons={self.reasons!r}, "
+            f"primary={self.primary!r}, enforced={self.enforced!r}, mode={self.mode!r}, "
+            f"context={self.context!r}, replayed={self.replayed!r}, "
+            f"client_order_id={self.client_order_id!r}, trace_id={self.trace_id!r})"
+        )
 
 
 def jsonable(value: Any) -> Any:
@@ -301,7 +366,12 @@ def jsonable(value: Any) -> Any:
 
 @dataclass(slots=True)
 class Partial:
-    """The gates that need no shared state, judged; ``finish`` adds the script's outcome."""
+    """The gates that need no shared state, judged; ``finish`` adds the script's outcome.
+
+    ``ctx`` holds the notes a door or a limit adds (the trading state found, a state error, the
+    exchange's data); the gates' own numbers are rebuilt from ``intent`` when a decision's
+    context is read (``_decision_context``).
+    """
 
     failed: set[Reason]
     ctx: dict[str, Any]
@@ -310,12 +380,24 @@ class Partial:
     #: MAX_POSITION's input for admit.lua (micro-USD: position, gross, this order); None = the
     #: limit is off, or its data is missing (then it already failed here)
     exposure: tuple[int, int, int] | None = None
+    intent: Intent | None = None
+    #: client order id for the context (admit's stored decisions carry it), else None
+    context_cid: str | None = None
 
     def passes_without_state(self, mode: TradingMode) -> bool:
         """Would the verdict be PASS if the state gates pass? (The one bit admit's script needs.)"""
         if self.failed & FAIL_CLOSED:
             return False
         return mode is _LIVE or not self.failed
+
+
+class _Source(NamedTuple):
+    """What a Decision's context is built from (``finish``'s inputs)."""
+
+    partial: Partial
+    params: GateParams
+    state: StateOutcome | None
+    reasons: tuple[Reason, ...]
 
 
 def _base_ctx(mode: TradingMode, trace_id: str | None) -> dict[str, Any]:
@@ -332,7 +414,9 @@ def rejected(error: IntentError, mode: TradingMode) -> Decision:
     ctx["reasons"] = [_CODES[_INVALID]]
     enforce = mode is not _LIVE
     ctx["enforced"] = enforce
-    return Decision(_HOLD, (_INVALID,), _INVALID, enforce, mode, ctx, trace_id=error.trace_id)
+    return Decision(
+        _HOLD, (_INVALID,), _INVALID, enforce, mode, context=ctx, trace_id=error.trace_id
+    )
 
 
 def evaluate(
@@ -395,15 +479,62 @@ def finish(
 
     ``verdict`` is the admit script's when it ran: taken as is, never recomputed.
     """
-    failed, ctx = partial.failed, partial.ctx
+    failed = partial.failed
     if unavailable:
         failed.add(_UNAVAILABLE)
+        state = None
     elif state is not None:
+        if state.expired:
+            failed.add(_EXPIRED)
+        if not partial.exit_only:
+            if state.cooldown:
+                failed.add(_COOLDOWN)
+            if state.rate:
+                failed.add(_RATE_LIMIT)
+            if state.exposure:
+                failed.add(_MAX_POSITION)
+    enforce = mode is not _LIVE
+    if failed:
+        reasons = tuple(r for r in REASON_ORDER if r in failed)
+        primary = reasons[0]
+        if verdict is None:
+            verdict = _HOLD if enforce or failed & FAIL_CLOSED else _PASS
+    else:
+        reasons = ()
+        primary = _PASS_REASON
+        if verdict is None:
+            verdict = _PASS
+    return Decision(
+        verdict,
+        reasons,
+        primary,
+        enforce,
+        mode,
+        trace_id=partial.trace_id,
+        source=_Source(partial, params, state, reasons),
+    )
+
+
+def _decision_context(decision: Decision) -> dict[str, Any]:
+    """The context of a decision ``finish`` made, in the order the JSON output shows it."""
+    source = decision._source
+    if source is None:  # pragma: no cover - every Decision has a context or a source
+        return {}
+    partial, params, state, reasons = source
+    ctx = _base_ctx(decision.mode, partial.trace_id)
+    intent = partial.intent
+    if intent is not None:
+        caller_ctx = _getcontext()
+        _setcontext(_CTX)
+        try:
+            _gate_context(ctx, intent, params)
+        finally:
+            _setcontext(caller_ctx)
+    ctx.update(partial.ctx)
+    if state is not None:
         if state.age_ms is not None:
             ctx["intent_age_ms"] = state.age_ms
             ctx["max_intent_age_ms"] = params.max_intent_age_ms
-        if state.expired:
-            failed.add(_EXPIRED)
         if not partial.exit_only:
             ctx["seconds_since_last_trade"] = (
                 None if state.since_ms is None else Decimal(state.since_ms).scaleb(-3)
@@ -411,30 +542,14 @@ def finish(
             ctx["min_hold_seconds"] = params.min_hold_seconds
             ctx["trades_in_window"] = state.trades
             ctx["max_trades"] = params.max_trades
-            if state.cooldown:
-                failed.add(_COOLDOWN)
-            if state.rate:
-                failed.add(_RATE_LIMIT)
-            if state.exposure:
-                failed.add(_MAX_POSITION)
             if state.inflight_micro is not None:
                 ctx["inflight_position_usd"] = Decimal(state.inflight_micro[0]).scaleb(-6)
                 ctx["inflight_gross_usd"] = Decimal(state.inflight_micro[1]).scaleb(-6)
-    enforce = mode is not _LIVE
-    if failed:
-        reasons = tuple(r for r in REASON_ORDER if r in failed)
-        ctx["reasons"] = [_CODES[r] for r in reasons]
-        primary = reasons[0]
-        if verdict is None:
-            verdict = _HOLD if enforce or failed & FAIL_CLOSED else _PASS
-    else:
-        reasons = ()
-        ctx["reasons"] = []
-        primary = _PASS_REASON
-        if verdict is None:
-            verdict = _PASS
-    ctx["enforced"] = enforce
-    return Decision(verdict, reasons, primary, enforce, mode, ctx, trace_id=partial.trace_id)
+    ctx["reasons"] = [_CODES[r] for r in reasons]
+    ctx["enforced"] = decision.enforced
+    if partial.context_cid is not None:
+        ctx["client_order_id"] = partial.context_cid
+    return ctx
 
 
 def judge(
@@ -460,41 +575,31 @@ def judge(
 
 
 def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
+    # Only what the verdict needs: the numbers shown with it are _gate_context's, on demand.
     failed: set[Reason] = set()
-    ctx = _base_ctx(mode, intent.trace_id)
     exit_only = intent.reduce_only
-    ctx["reduce_only"] = exit_only
-    ctx["symbol"] = intent.symbol
-    ctx["side"] = intent.side
-    price = intent.price
-    notional = price * intent.qty
-    ctx["notional_usd"] = notional
     if not exit_only:
         # parse_intent guarantees these for an entry (and tp/sl on the right side of price).
         move, tp, sl = intent.expected_move_usd, intent.tp, intent.sl
         model, regime = intent.model, intent.regime
         assert move is not None and tp is not None and sl is not None
         assert model is not None and regime is not None
+        price = intent.price
+        notional = price * intent.qty
         # fat-finger limits (issue 14): entries only, an exit must never be stranded by them
-        if params.max_notional_usd is not None:
-            ctx["max_notional_usd"] = params.max_notional_usd
-            if notional > params.max_notional_usd:
-                failed.add(_MAX_NOTIONAL)
-        if params.max_leverage is not None and intent.leverage is not None:
-            ctx["leverage"] = intent.leverage
-            ctx["max_leverage"] = params.max_leverage
-            if intent.leverage > params.max_leverage:
-                failed.add(_MAX_LEVERAGE)
+        if params.max_notional_usd is not None and notional > params.max_notional_usd:
+            failed.add(_MAX_NOTIONAL)
+        if (
+            params.max_leverage is not None
+            and intent.leverage is not None
+            and intent.leverage > params.max_leverage
+        ):
+            failed.add(_MAX_LEVERAGE)
         # 1. notional
-        ctx["min_notional_usd"] = params.min_notional_usd
         if notional < params.min_notional_usd:
             failed.add(_MIN_NOTIONAL)
         # 2. edge vs friction
-        required = notional * params._edge_factor
-        ctx["expected_move_usd"] = move
-        ctx["friction_usd"] = notional * params.friction_rate
-        ctx["required_edge_usd"] = required
-        if move < required:
+        if move < notional * params._edge_factor:
             failed.add(_EDGE)
         # 3./4. cooldown and rate need the shared state: admit.lua decides them.
         # 5. reward / risk
@@ -502,18 +607,47 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
             reward, risk = tp - price, price - sl
         else:
             reward, risk = price - tp, sl - price
-        ctx["r"] = _DISPLAY.divide(reward, risk)
         min_r = params.min_r_for(regime)
-        ctx["min_r"] = min_r
         if min_r is not None and reward < min_r * risk:
             failed.add(_R_TOO_LOW)
         # 6. model for regime
-        ctx["model"] = model
-        ctx["regime"] = regime
-        ctx["allowed_models"] = params.allowed_models.get(regime, ())
         if model.lower() not in params._allowed_lc.get(regime, frozenset()):
             failed.add(_MODEL)
-    return Partial(failed, ctx, exit_only, intent.trace_id)
+    return Partial(failed, {}, exit_only, intent.trace_id, None, intent)
+
+
+def _gate_context(ctx: dict[str, Any], intent: Intent, params: GateParams) -> None:
+    """The numbers behind ``_judge``'s verdict, for the output (the same arithmetic, in _CTX)."""
+    exit_only = intent.reduce_only
+    ctx["reduce_only"] = exit_only
+    ctx["symbol"] = intent.symbol
+    ctx["side"] = intent.side
+    price = intent.price
+    notional = price * intent.qty
+    ctx["notional_usd"] = notional
+    if exit_only:
+        return
+    move, tp, sl = intent.expected_move_usd, intent.tp, intent.sl
+    assert move is not None and tp is not None and sl is not None
+    assert intent.regime is not None
+    if params.max_notional_usd is not None:
+        ctx["max_notional_usd"] = params.max_notional_usd
+    if params.max_leverage is not None and intent.leverage is not None:
+        ctx["leverage"] = intent.leverage
+        ctx["max_leverage"] = params.max_leverage
+    ctx["min_notional_usd"] = params.min_notional_usd
+    ctx["expected_move_usd"] = move
+    ctx["friction_usd"] = notional * params.friction_rate
+    ctx["required_edge_usd"] = notional * params._edge_factor
+    if intent.side == "BUY":
+        reward, risk = tp - price, price - sl
+    else:
+        reward, risk = price - tp, sl - price
+    ctx["r"] = _DISPLAY.divide(reward, risk)
+    ctx["min_r"] = params.min_r_for(intent.regime)
+    ctx["model"] = intent.model
+    ctx["regime"] = intent.regime
+    ctx["allowed_models"] = params.allowed_models.get(intent.regime, ())
 
 
 def _market_limits(

@@ -126,14 +126,9 @@ class KernelStore:
         if self._limits_on:
             self._static_keys += (self.inflight_key, self.inflight_expiry_key)
         self._numkeys = str(2 + len(self._static_keys))
-        # admit.lua's ARGV[1] for (base_ok, state_gated, is_entry, dry): packed once, not per call
-        self._flags = {
-            (base, gated, entry, dry): str(base + 2 * gated + 4 * entry + 8 * dry)
-            for base in (0, 1)
-            for gated in (0, 1)
-            for entry in (0, 1)
-            for dry in (0, 1)
-        }
+        # admit.lua's ARGV[1] = base_ok + 2 * state_gated + 4 * is_entry + 8 * dry, as text:
+        # formatted once, indexed by that sum on each call
+        self._flags = [str(n) for n in range(16)]
         self._record = client.register_script(load_lua("record_trade.lua"))
 
     # keys ----------------------------------------------------------------------------------
@@ -224,7 +219,10 @@ class KernelStore:
         cid = client_order_id(trace_id) if trace_id is not None else "-"
         entry = not partial.exit_only
         flags = self._flags[
-            partial.passes_without_state(self.mode), self._enforce and entry, entry, dry
+            partial.passes_without_state(self.mode)
+            + 2 * (self._enforce and entry)
+            + 4 * entry
+            + 8 * dry
         ]
         dedup_key = self._order_prefix + trace_id if trace_id is not None else "-"
         keys_args: tuple[str | int, ...] = (
@@ -295,13 +293,13 @@ class KernelStore:
         )
         if replayed and partial.failed & _STATE_HOLDS:
             verdict = "H"
+        partial.context_cid = None if dry else stored_cid
         decision = gates.finish(
             partial, self.params, self.mode, state, verdict=_PASS if verdict == "P" else _HOLD
         )
         decision.replayed = replayed
         if not dry:
             decision.client_order_id = stored_cid
-            decision.context["client_order_id"] = stored_cid
         return self.log_decision(decision)
 
     def _call_admit(self, keys_args: tuple[Any, ...]) -> str:
@@ -365,6 +363,9 @@ class KernelStore:
         return self.log_decision(decision)
 
     def log_decision(self, decision: Decision) -> Decision:
+        # GATE_AUDIT is a WARNING, the others INFO: nothing to format when neither is on.
+        if not log.isEnabledFor(logging.WARNING):
+            return decision
         event = gates.log_event(decision)
         level = logging.WARNING if event == "GATE_AUDIT" else logging.INFO
         if log.isEnabledFor(level):
