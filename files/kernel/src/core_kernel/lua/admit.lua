@@ -5,7 +5,7 @@
 --   cooldown fails when  max(0, now - last) < MIN_HOLD_MS      (the one clamp, here)
 --   rate fails when      count(score > now - WINDOW_MS) >= MAX_TRADES
 --   expired when         max(0, now - entry_ms) > MAX_AGE_MS   (entry_ms: the XADD time)
---   trading state (issue 14, the operator's command, in every mode): HGET KEYS[4] state;
+--   trading state (issue 14, the operator's command, in every mode): KEYS[4]'s field state;
 --     no key = ACTIVE; ACTIVE / REDUCING / HALTED as named; anything else reads as HALTED.
 --     HALTED holds everything (bit T), REDUCING holds entries (bit U), exits pass.
 --     gates.state_reason is the same rule for replies that carry no bits (replays, what-if).
@@ -32,16 +32,25 @@ local dry = flags >= 8
 if dry then flags = flags - 8 end
 -- The trading state first: every reply carries it, a replay is held by it too (Python decides
 -- that from the prefix, the stored decision is never rewritten).
+-- HGETALL: one call tells "no key" (empty: ACTIVE) from a hash without the field, where HGET
+-- needs an EXISTS after it (the hash is small: set_trading_state writes eight fields).
 local ts = 'ACTIVE'
-local sv = redis.pcall('HGET', KEYS[4], 'state')
-if type(sv) == 'table' and sv.err then
+local sh = redis.pcall('HGETALL', KEYS[4])
+if sh.err then
   ts = '?wrong type'
-elseif not sv then
-  if redis.call('EXISTS', KEYS[4]) == 1 then ts = '?no state field' end
-elseif sv == 'ACTIVE' or sv == 'REDUCING' or sv == 'HALTED' then
-  ts = sv
-else
-  ts = '?unknown state value'
+elseif #sh > 0 then
+  ts = '?no state field'
+  for i = 1, #sh, 2 do
+    if sh[i] == 'state' then
+      local sv = sh[i + 1]
+      if sv == 'ACTIVE' or sv == 'REDUCING' or sv == 'HALTED' then
+        ts = sv
+      else
+        ts = '?unknown state value'
+      end
+      break
+    end
+  end
 end
 local halted = ts ~= 'ACTIVE' and ts ~= 'REDUCING'
 local head = ts .. ';'
