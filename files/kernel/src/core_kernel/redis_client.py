@@ -81,6 +81,13 @@ def target_key(config: KernelConfig) -> str:
     return "CORE_KERNEL_REDIS_SENTINELS" if config.redis_sentinels else config.redis_url_key
 
 
+def _auth(username: str | None, password: str | None) -> dict[str, str]:
+    """AUTH arguments: a username only with its password (no password: none, the URL's own)."""
+    if not password:
+        return {}
+    return {"password": password, "username": username} if username else {"password": password}
+
+
 def make_client(
     target: RedisTarget | KernelConfig | str,
     *,
@@ -101,40 +108,22 @@ def make_client(
     connect = (
         DEFAULT_CONNECT_TIMEOUT_S if socket_connect_timeout is None else socket_connect_timeout
     )
+    master_kwargs: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect,
+        **_auth(target.username, target.password),
+        **kwargs,
+    }
     if not target.is_sentinel:
-        auth: dict[str, Any] = {}
-        if target.password:
-            auth["password"] = target.password
-            if target.username:
-                auth["username"] = target.username
-        return redis.Redis.from_url(
-            target.url,
-            decode_responses=decode_responses,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect,
-            **auth,
-            **kwargs,
-        )
+        return redis.Redis.from_url(target.url, **master_kwargs)
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": SENTINEL_TIMEOUT_S,
         "socket_connect_timeout": SENTINEL_TIMEOUT_S,
         "decode_responses": True,
+        **_auth(target.sentinel_username, target.sentinel_password),
     }
-    if target.sentinel_password:
-        sentinel_kwargs["password"] = target.sentinel_password
-        if target.sentinel_username:
-            sentinel_kwargs["username"] = target.sentinel_username
-    data_kwargs: dict[str, Any] = {
-        "db": target.db,
-        "decode_responses": decode_responses,
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": connect,
-        **kwargs,
-    }
-    if target.password:
-        data_kwargs["password"] = target.password
-        if target.username:
-            data_kwargs["username"] = target.username
+    data_kwargs = {"db": target.db, **master_kwargs}
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client: redis.Redis = manager.master_for(target.master, **data_kwargs)  # type: ignore[no-untyped-call]
     return client
