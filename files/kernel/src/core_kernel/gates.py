@@ -397,7 +397,6 @@ class _Source(NamedTuple):
     partial: Partial
     params: GateParams
     state: StateOutcome | None
-    reasons: tuple[Reason, ...]
 
 
 def _base_ctx(mode: TradingMode, trace_id: str | None) -> dict[str, Any]:
@@ -511,7 +510,7 @@ def finish(
         enforce,
         mode,
         trace_id=partial.trace_id,
-        source=_Source(partial, params, state, reasons),
+        source=_Source(partial, params, state),
     )
 
 
@@ -520,7 +519,7 @@ def _decision_context(decision: Decision) -> dict[str, Any]:
     source = decision._source
     if source is None:  # pragma: no cover - every Decision has a context or a source
         return {}
-    partial, params, state, reasons = source
+    partial, params, state = source
     ctx = _base_ctx(decision.mode, partial.trace_id)
     intent = partial.intent
     if intent is not None:
@@ -545,7 +544,7 @@ def _decision_context(decision: Decision) -> dict[str, Any]:
             if state.inflight_micro is not None:
                 ctx["inflight_position_usd"] = Decimal(state.inflight_micro[0]).scaleb(-6)
                 ctx["inflight_gross_usd"] = Decimal(state.inflight_micro[1]).scaleb(-6)
-    ctx["reasons"] = [_CODES[r] for r in reasons]
+    ctx["reasons"] = [_CODES[r] for r in decision.reasons]
     ctx["enforced"] = decision.enforced
     if partial.context_cid is not None:
         ctx["client_order_id"] = partial.context_cid
