@@ -14,11 +14,15 @@ Runs in `make test-controller`:  pytest -p no:cacheprovider -q tests/test_collec
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,20 @@ OPERATOR_PLAYBOOK = f"""\
 - name: Roll back (only when asked)
   ansible.builtin.import_playbook: {FQCN}.rollback
   when: rollback | default(false) | bool
+"""
+
+#: The same, listing the roles: every filter and module call of the roles must then resolve
+#: from the collection itself (ansible-core loads no role-embedded plugins for a collection's
+#: roles; nothing sits beside this playbook).
+OPERATOR_ROLES_PLAYBOOK = f"""\
+---
+- name: Deploy the core trading kernel with the collection's roles
+  hosts: quantum_kernel
+  become: true
+  roles:
+    - {FQCN}.core_kernel
+    - {FQCN}.stream_recovery
+    - {FQCN}.kernel_monitoring
 """
 
 
@@ -121,24 +139,22 @@ def test_the_tarball_holds_what_a_deploy_reads_and_nothing_of_the_work_tree(
         "roles/core_kernel/library/core_kernel_state.py",
         "roles/core_kernel/meta/argument_specs.yml",
         "roles/stream_recovery/tasks/main.yml",
-        # role-embedded plugins are not loaded for a collection's roles: these are
+        # role-embedded plugins are not loaded for a collection's roles: the roles call these
+        # by their full names (quantum.core_kernel.*)
         "plugins/modules/core_kernel_state.py",
         "plugins/filter/core_kernel.py",
         "plugins/filter/core_kernel_wheelhouse.py",
         "plugins/filter/kernel_monitoring.py",
-        # ...and the filters by short name only from beside a playbook (or a legacy path)
-        "playbooks/filter_plugins/core_kernel.py",
-        "playbooks/filter_plugins/core_kernel_wheelhouse.py",
-        "playbooks/filter_plugins/kernel_monitoring.py",
         "playbooks/deploy.yml",
         "playbooks/rollback.yml",
     ):
         assert needed in names, needed
     for name in names:
         top = name.split("/")[0]
-        assert top not in {".venv", ".git", "molecule", "tests", "build", "evidence", "scripts"}, (
-            name
-        )
+        # collections/ is the work tree's symlink to itself: in a tarball it would be a loop
+        assert top not in {
+            *(".venv", ".git", "molecule", "tests", "build", "evidence", "scripts", "collections"),
+        }, name
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
         assert not name.startswith(("files/kernel/tests", "files/kernel/build")), name
         assert not name.startswith("playbooks/lab_"), name
@@ -174,24 +190,46 @@ def test_the_roles_find_the_kernel_source_inside_the_collection(
     assert (role.parent.parent / "files/kernel/src/core_kernel/restore.py").is_file()
 
 
-def test_an_operators_playbook_resolves_everything_from_the_collection(
-    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
-) -> None:
-    playbook = OPERATOR_PLAYBOOK
-    _, _, env = built
-    operator = tmp_path / "operator"
+def _operator(tmp: Path, playbook: str) -> Path:
+    operator = tmp / "operator"
     (operator / "inventory").mkdir(parents=True)
     (operator / "inventory/hosts.yml").write_text(
         "quantum_kernel:\n  hosts:\n    vps1:\n      core_kernel_trading_mode: TESTNET\n"
     )
     (operator / "site.yml").write_text(playbook)
     assert len(playbook.strip().splitlines()) <= 10
+    return operator
+
+
+@pytest.mark.parametrize("playbook", [OPERATOR_PLAYBOOK, OPERATOR_ROLES_PLAYBOOK])
+def test_an_operators_playbook_resolves_everything_from_the_collection(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path, playbook: str
+) -> None:
+    _, _, env = built
+    operator = _operator(tmp_path, playbook)
     proc = _run(
         [str(BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "--syntax-check", "site.yml"],
         operator,
         env,
     )
     assert "playbook: site.yml" in proc.stdout
+
+
+def test_an_operators_roles_play_lists_the_whole_deploy_sequence(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """--list-tasks expands the roles' static imports: core_kernel's sequence with
+    stream_recovery and kernel_monitoring inside it, then the two roles' own entries."""
+    _, _, env = built
+    operator = _operator(tmp_path, OPERATOR_ROLES_PLAYBOOK)
+    proc = _run(
+        [str(BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "--list-tasks", "site.yml"],
+        operator,
+        env,
+    )
+    for role in ("core_kernel", "stream_recovery", "kernel_monitoring"):
+        assert f"{role} : " in proc.stdout, role
+    assert "Preflight" in proc.stdout and "Already applied in this run" in proc.stdout
 
 
 def test_the_role_documents_its_options_from_the_collection(
@@ -331,3 +369,161 @@ def test_older_evidence_without_restore_py_is_restored_by_the_roles_copy(
     assert not created.exists()
     assert not (evidence / "restore.py").exists()  # nothing added to the evidence
     assert "**OK**" in next(evidence.glob("ROLLBACK_REPORT_*.md")).read_text()
+
+
+# --- the roles' filters and module, by their full names ------------------------------------------
+
+
+def _plugin_names() -> tuple[set[str], set[str]]:
+    """(filter names, module names) the collection provides (plugins/), read from the files."""
+    filters: set[str] = set()
+    for plugin in (PROJECT / "plugins/filter").glob("*.py"):
+        spec = importlib.util.spec_from_file_location(f"_collection_{plugin.stem}", plugin)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        filters |= set(module.FilterModule().filters())
+    modules = {p.stem for p in (PROJECT / "plugins/modules").glob("*.py")}
+    return filters, modules
+
+
+def test_every_role_plugin_is_the_collections_by_the_same_file() -> None:
+    """One implementation: plugins/ is where a collection's roles find them; each is the role's
+    own file (roles/*/filter_plugins, roles/*/library), linked, not a copy that could drift."""
+    filters, modules = _plugin_names()
+    assert len(filters) >= 15 and modules == {"core_kernel_state"}
+    for kind, pattern in (
+        ("filter", "roles/*/filter_plugins/*.py"),
+        ("modules", "roles/*/library/*.py"),
+    ):
+        for own in PROJECT.glob(pattern):
+            exposed = PROJECT / "plugins" / kind / own.name
+            assert exposed.is_symlink() and exposed.resolve() == own.resolve(), exposed
+    assert not (PROJECT / "playbooks/filter_plugins").exists()
+
+
+def test_the_roles_and_playbooks_call_filters_and_module_by_full_name() -> None:
+    """A short name works from this work tree's roles/ (their embedded plugins load) and fails
+    only from the installed collection: so none is allowed anywhere a role or playbook reads."""
+    filters, modules = _plugin_names()
+    names = "|".join(sorted(filters | modules))
+    short = re.compile(rf"(?<![\w.])({names})\b")
+    found = []
+    for path in sorted(
+        {*PROJECT.glob("roles/*/**/*.yml"), *PROJECT.glob("roles/*/**/*.j2")}
+        | {*PROJECT.glob("playbooks/**/*.yml"), *PROJECT.glob("molecule/**/*.yml")}
+    ):
+        for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            found += [f"{path.relative_to(PROJECT)}:{no}: {m}" for m in short.findall(line)]
+    assert found == []
+    # and the check can find one: a short call is caught
+    assert short.findall('x: "{{ a | core_kernel_props }}"') == ["core_kernel_props"]
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    BODY = b'# TYPE quantum_kernel_admits counter\nquantum_kernel_admits_total{verdict="PASS"} 3\n'
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+FILTERS_PLAY = f"""\
+- name: The collection's roles run their filter and module calls on this machine
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Wheelhouse target (core_kernel_wheel_target)
+      ansible.builtin.include_role:
+        name: {FQCN}.core_kernel
+        tasks_from: wheelhouse_target.yml
+    - name: Snapshot the file as a deploy's before state
+      {FQCN}.core_kernel_state:
+        paths: ["{{{{ watched }}}}"]
+      register: before
+    - name: Late evidence (core_kernel_state, core_kernel_restore_check, core_kernel_unit_mismatch)
+      ansible.builtin.include_role:
+        name: {FQCN}.core_kernel
+        tasks_from: late_evidence.yml
+      vars:
+        _core_kernel_all_files: ["{{{{ watched }}}}"]
+        _core_kernel_all_units: []
+        _core_kernel_manifest: {{files: "{{{{ before.files }}}}"}}
+        _core_kernel_units_before: {{}}
+    - name: Monitoring evidence (every kernel_monitoring filter)
+      ansible.builtin.include_role:
+        name: {FQCN}.kernel_monitoring
+        tasks_from: evidence.yml
+    - name: Keep what the core_kernel filters gave
+      ansible.builtin.copy:
+        dest: "{{{{ out }}}}"
+        content: "{{{{ {{'target': _core_kernel_target, 'late': _core_kernel_late_changes}}
+                   | to_json }}}}"
+        mode: "0600"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="the evidence file is written root-owned (CI is root)"
+)
+def test_the_collections_roles_run_their_filters_from_the_installed_collection(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Filters resolve when a task runs, not at --syntax-check: run task files of the installed
+    roles that call them (and the module) against this machine, read-only but for tmp_path, and
+    check what the filters computed."""
+    _, _, env = built
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watched, textfile = tmp_path / "watched.env", tmp_path / "kernel.prom"
+    watched.write_text("MIN_NOTIONAL_USD=25\n")
+    textfile.write_text("quantum_kernel_sweep_last_success_timestamp_seconds 1.7e+09\n")
+    evidence, out = tmp_path / "monitoring.json", tmp_path / "out.json"
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "core_kernel_python": sys.executable,
+        "core_kernel_trading_mode": "TESTNET",
+        "watched": str(watched),
+        "out": str(out),
+        "core_kernel_worker_metrics_listen": f"127.0.0.1:{server.server_port}",
+        "kernel_monitoring_scrape_router": False,
+        "kernel_monitoring_textfile_source": str(textfile),
+        "kernel_monitoring_textfile_link_dir": "",
+        "kernel_monitoring_prometheus_manage": False,
+        "kernel_monitoring_evidence_file": str(evidence),
+    }
+    play = tmp_path / "filters.yml"
+    play.write_text(FILTERS_PLAY)
+    try:
+        _run(
+            [
+                str(BIN / "ansible-playbook"),
+                *("-i", "localhost,", "-c", "local", "-e", json.dumps(extra)),
+                str(play),
+            ],
+            tmp_path,
+            env,
+        )
+    finally:
+        server.shutdown()
+    core = json.loads(out.read_text())
+    assert core["target"]["ok"] is True and core["late"] == []
+    mon = json.loads(evidence.read_text())
+    assert mon["kernel_endpoints"] == [
+        {
+            "name": "execution worker",
+            "url": f"http://127.0.0.1:{server.server_port}/metrics",
+            "answers": True,
+            "status": 200,
+        }
+    ]
+    assert mon["kernel_metrics"] == {'quantum_kernel_admits_total{verdict="PASS"}': 3.0}
+    assert mon["textfile"]["samples"] == {
+        "quantum_kernel_sweep_last_success_timestamp_seconds": 1.7e9
+    }
+    assert mon["rules"]["alerts"] and all(a["alert"] for a in mon["rules"]["alerts"])

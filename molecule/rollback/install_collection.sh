@@ -6,6 +6,10 @@
 set -euo pipefail
 project=$1 ephemeral=$2
 galaxy="$(dirname "$(command -v ansible-playbook)")/ansible-galaxy"
+# Only the scenario's own path, as an operator's machine would have: the repository's
+# ansible.cfg names collections/, where this work tree already *is* quantum.core_kernel, and
+# galaxy would answer "already installed" and install nothing.
+export ANSIBLE_COLLECTIONS_PATH="$ephemeral/collections"
 rm -rf "$ephemeral/dist" "$ephemeral/collections"
 mkdir -p "$ephemeral/dist" "$ephemeral/collections"
 "$galaxy" collection build --output-path "$ephemeral/dist" "$project"

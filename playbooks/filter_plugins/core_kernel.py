@@ -1,1 +1,0 @@
-../../roles/core_kernel/filter_plugins/core_kernel.py

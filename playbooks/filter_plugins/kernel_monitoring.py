@@ -1,1 +1,0 @@
-../../roles/kernel_monitoring/filter_plugins/kernel_monitoring.py
