@@ -117,7 +117,13 @@ def test_url_with_the_password_variable(lab: dict[str, int]) -> None:
     assert probe(lab)["kind"] == "auth"
     assert probe(lab, password="wrong")["kind"] == "auth"
     wrong_db = f"redis://127.0.0.1:{lab['data']}/99"
-    assert probe(lab, password=CANARY, url=wrong_db)["kind"] == "database"
+    assert probe(lab, password=CANARY, url=wrong_db) | {"detail": ""} == {
+        "ok": False,
+        "kind": "database",
+        "detail": "",
+        "where": f"127.0.0.1:{lab['data']}",
+        "db": "99",
+    }
     assert probe(lab, url="redis://127.0.0.1:1/0")["kind"] == "unreachable"
 
 
@@ -131,5 +137,8 @@ def test_sentinel_names_the_master_and_the_probe_talks_to_it(lab: dict[str, int]
     assert refused["kind"] == "sentinel_auth", refused
     unknown = probe(lab, password=CANARY, **{**good, "master": "other"})
     assert unknown["kind"] == "sentinel" and "knows no master other" in str(unknown["detail"])
+    # With sentinels the database is core_kernel_redis_db, never the URL's.
+    no_db = probe(lab, password=CANARY, **good, db="99")
+    assert (no_db["kind"], no_db["db"]) == ("database", "99"), no_db
     down = probe(lab, sentinels="127.0.0.1:1,127.0.0.1:2", master="kernel")
     assert down["kind"] == "sentinel", down
