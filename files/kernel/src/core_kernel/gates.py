@@ -266,7 +266,9 @@ class Decision:
 
     __slots__ = (
         "_context",
-        "_source",
+        "_params",
+        "_partial",
+        "_state",
         "client_order_id",
         "enforced",
         "mode",
@@ -289,15 +291,20 @@ class Decision:
         replayed: bool = False,
         client_order_id: str | None = None,
         trace_id: str | None = None,
-        source: _Source | None = None,
+        partial: Partial | None = None,
+        params: GateParams | None = None,
+        state: StateOutcome | None = None,
     ) -> None:
         self.verdict = verdict
         self.reasons = reasons
         self.primary = primary
         self.enforced = enforced
         self.mode = mode
+        # what ``finish`` judged, kept to build the context on first read (None when given)
         self._context = context
-        self._source = source
+        self._partial = partial
+        self._params = params
+        self._state = state
         self.replayed = replayed
         self.client_order_id = client_order_id
         self.trace_id = trace_id
@@ -389,14 +396,6 @@ class Partial:
         if self.failed & FAIL_CLOSED:
             return False
         return mode is _LIVE or not self.failed
-
-
-class _Source(NamedTuple):
-    """What a Decision's context is built from (``finish``'s inputs)."""
-
-    partial: Partial
-    params: GateParams
-    state: StateOutcome | None
 
 
 def _base_ctx(mode: TradingMode, trace_id: str | None) -> dict[str, Any]:
@@ -510,16 +509,17 @@ def finish(
         enforce,
         mode,
         trace_id=partial.trace_id,
-        source=_Source(partial, params, state),
+        partial=partial,
+        params=params,
+        state=state,
     )
 
 
 def _decision_context(decision: Decision) -> dict[str, Any]:
     """The context of a decision ``finish`` made, in the order the JSON output shows it."""
-    source = decision._source
-    if source is None:  # pragma: no cover - every Decision has a context or a source
+    partial, params, state = decision._partial, decision._params, decision._state
+    if partial is None or params is None:  # pragma: no cover - a Decision has one or the other
         return {}
-    partial, params, state = source
     ctx = _base_ctx(decision.mode, partial.trace_id)
     intent = partial.intent
     if intent is not None:

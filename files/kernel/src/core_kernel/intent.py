@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -139,11 +139,13 @@ class Intent:
     reduce_only: bool = False
     order_type: str = "MARKET"
     stop_price: Decimal | None = None
+    #: The Binance ``newClientOrderId`` for this intent's trace id (None without one): derived
+    #: once, here, like every other field; admit and the order both read it.
+    client_order_id: str | None = field(init=False, compare=False)
 
-    @property
-    def client_order_id(self) -> str | None:
-        """The Binance ``newClientOrderId`` for this intent's trace id (None without one)."""
-        return None if self.trace_id is None else client_order_id(self.trace_id)
+    def __post_init__(self) -> None:
+        cid = None if self.trace_id is None else client_order_id(self.trace_id)
+        object.__setattr__(self, "client_order_id", cid)
 
 
 def client_order_id(trace_id: str) -> str:

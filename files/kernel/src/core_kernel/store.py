@@ -38,7 +38,6 @@ from core_kernel.inflight import expiry_key, inflight_key, inflight_ttl_ms
 from core_kernel.intent import (
     Intent,
     IntentError,
-    client_order_id,
     decode_entry_fields,
     entry_time_ms,
     parse_intent,
@@ -216,7 +215,7 @@ class KernelStore:
     ) -> Decision:
         trace_id = intent.trace_id
         symbol = intent.symbol
-        cid = client_order_id(trace_id) if trace_id is not None else "-"
+        cid = intent.client_order_id or "-"
         entry = not partial.exit_only
         flags = self._flags[
             partial.passes_without_state(self.mode)
