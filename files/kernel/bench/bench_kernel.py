@@ -140,6 +140,11 @@ def bench_evaluate(n: int) -> dict[str, float]:
         out[label] = round(
             _best_rate(lambda it=it: evaluate(it, params, TradingMode.TESTNET, state), n)
         )
+        # The context (the numbers shown with the verdict) is built on first read: what the
+        # evaluate command prints needs it, so the goal is judged with it built.
+        out[f"{label}_with_context"] = round(
+            _best_rate(lambda it=it: evaluate(it, params, TradingMode.TESTNET, state).context, n)
+        )
         data = intent_fields(0, text)
         out[f"parse_{label}"] = round(_best_rate(lambda d=data: parse_intent(d), n))
     return out
@@ -472,10 +477,15 @@ def main() -> None:
     a = result["admit_vs_ping_one_connection"]
     e = result["evaluate_per_s"]
     m = result["metrics"]
-    eval_ok = min(e["float_inputs"], e["text_inputs"]) >= EVALUATE_GOAL_PER_S
+    eval_ok = (
+        min(e["float_inputs_with_context"], e["text_inputs_with_context"]) >= EVALUATE_GOAL_PER_S
+    )
     print(
-        f"\nevaluate: {e['float_inputs']:,}/s (floats), {e['text_inputs']:,}/s (text)   "
+        f"\nevaluate, context built: {e['float_inputs_with_context']:,}/s (floats), "
+        f"{e['text_inputs_with_context']:,}/s (text)   "
         f"goal >= {EVALUATE_GOAL_PER_S:,}/s: {'MET' if eval_ok else 'NOT MET'}\n"
+        f"  verdict only (context not read): {e['float_inputs']:,}/s (floats), "
+        f"{e['text_inputs']:,}/s (text)\n"
         f"parse: {e['parse_float_inputs']:,}/s (floats), {e['parse_text_inputs']:,}/s (text)\n"
         f"metrics: decision {m['decision_off_per_s']:,}/s off, {m['decision_on_per_s']:,}/s on: "
         f"+{m['added_us_per_decision']} us per decision   goal <= {METRICS_GOAL_US:g} us: "
