@@ -340,3 +340,50 @@ def test_a_live_host_switches_to_testnet_and_back(host, instance, tmp_path):
         assert mode["mode"] == "LIVE" and mode["enforce"] is False, mode
     finally:
         host.run("printf %s %s > /etc/quantum/quantum.env", "%s", original)
+
+
+def test_a_failed_deploy_names_the_failing_unit_and_rolls_back(host, instance, tmp_path):
+    """Issue 12 item 3: a failure after the change names its root cause - the unit that did not
+    come back and the last line it logged - the host is restored as it was (the rollback's own
+    verification included: a oneshot the broken deploy left failed is reset, not reported), and
+    the report of the rolled-back run states the host's real mode. Last in the file: the host
+    ends as the earlier tests left it (deployed LIVE), which the snapshot comparison proves."""
+    before = host_state(host)
+    failed_units = "systemctl list-units --failed --plain --no-legend --no-pager"
+    failed_before = host.check_output(failed_units)
+    marker = "kernel-test: deliberate start failure"
+    failing = f"/bin/sh -c 'echo {marker} >&2; exit 1'"
+    rc, output, seconds = run_deploy(
+        tmp_path,
+        instance,
+        "live",
+        "-e",
+        f"core_kernel_confirm_live={instance}",
+        "-e",
+        json.dumps({"core_kernel_exec_start_pre": failing}),  # key=value would split it
+    )
+    print(f"failed deploy with rollback took {seconds:.1f} s")
+    assert rc != 0, output[-3000:]
+    flat = " ".join(output.split())  # the yaml callback folds long messages
+    assert "deploy failed and was rolled back" in flat, output[-3000:]
+    assert "rollback incomplete" not in flat, output[-3000:]
+    # the root cause: the failing unit, then its own last journal line, before the task's error
+    cause = re.search(r"(quantum-execution\.service \S+ \(\S+\)): ([^;<]*)", flat)
+    assert cause, output[-3000:]
+    assert marker in cause.group(2), cause.group(0)
+    after = host_state(host)
+    assert after["snapshot"] == before["snapshot"]
+    assert after["pending"] == before["pending"] and after["xlen"] == before["xlen"]
+    # the oneshot sweep the broken deploy failed is no longer failed (systemd's memory too)
+    assert host.check_output(failed_units) == failed_before
+    # The controller's report of this run: rolled back, and the mode the host really has.
+    report = (PROJECT / "playbooks/evidence" / instance / "latest/ACTIVATION_REPORT.md").read_text()
+    assert "| Status | **ROLLED BACK**" in report, report[:3000]
+    assert marker in report, report[:3000]
+    assert "| Mode | **LIVE** (inventory: LIVE;" in report, report[:3000]
+    assert "| Host mode (the application's own evidence) | **LIVE**" in report, report[:3000]
+    assert kernel_mode(host)["mode"] == "LIVE"
+    # On the host: the rollback report says the verification found everything as recorded.
+    latest = host.check_output("readlink -f %s/latest", EVIDENCE_ROOT).strip()
+    rb = host.check_output("cat %s/ROLLBACK_REPORT_*.md", latest)
+    assert "**OK** - files and unit states equal the recorded before state" in rb, rb
