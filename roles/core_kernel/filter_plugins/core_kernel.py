@@ -33,6 +33,7 @@ def _restore() -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
+
 _UNIT_KEYS = ("Id", "LoadState", "ActiveState", "SubState", "UnitFileState")
 
 
