@@ -190,6 +190,39 @@ def test_the_roles_find_the_kernel_source_inside_the_collection(
     assert (role.parent.parent / "files/kernel/src/core_kernel/restore.py").is_file()
 
 
+FILTER_PLAYBOOK = """\
+---
+- name: The role's unit filter is restore.py's rule, loaded inside the installed collection
+  hosts: localhost
+  gather_facts: false
+  vars:
+    before: {"s.service": {"LoadState": loaded, "UnitFileState": static, "ActiveState": inactive}}
+    after: {"s.service": {"LoadState": loaded, "UnitFileState": static, "ActiveState": failed}}
+  tasks:
+    - name: Compare
+      ansible.builtin.assert:
+        that:
+          - >-
+            (before | quantum.core_kernel.core_kernel_unit_mismatch(after))
+            == ["s.service: ActiveState 'failed' != recorded 'inactive'"]
+          - >-
+            (before | quantum.core_kernel.core_kernel_unit_mismatch(after, timers_only_active=true))
+            == []
+"""
+
+
+def test_the_unit_filter_runs_restores_rule_from_the_installed_collection(
+    built: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """core_kernel_unit_mismatch loads files/kernel/src/core_kernel/restore.py by path (review
+    D4: one implementation): it must find it in the installed layout too, away from the repo."""
+    _, root, env = built
+    assert PROJECT not in root.parents
+    (tmp_path / "filter.yml").write_text(FILTER_PLAYBOOK)
+    proc = _run([str(BIN / "ansible-playbook"), "filter.yml"], tmp_path, env)
+    assert "failed=0" in proc.stdout, proc.stdout
+
+
 def _operator(tmp: Path, playbook: str) -> Path:
     operator = tmp / "operator"
     (operator / "inventory").mkdir(parents=True)

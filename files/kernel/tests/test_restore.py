@@ -530,6 +530,7 @@ def test_running_services_restart_only_when_something_changed() -> None:
     # a static unit is never enabled or disabled; a stopped one is started
     stopped = {"s.service": u("enabled", "failed"), "st.service": u("static")}
     assert restore.units_to_restore(before, stopped, restart_owed=False) == [
+        ["systemctl", "reset-failed", "s.service"],
         ["systemctl", "restart", "s.service"],
         ["systemctl", "restart", "st.service"],
     ]
@@ -545,3 +546,102 @@ def test_disabled_and_inactive_stays_so() -> None:
     assert restore.unit_mismatch(before, {"s.service": u("enabled")}) == [
         "s.service: UnitFileState 'enabled' != recorded 'disabled'"
     ]
+
+
+def test_a_failure_the_deploy_caused_is_reset_and_one_recorded_before_is_kept() -> None:
+    """The live scenario's finding: the kernel's oneshot sweep ended `failed` during a broken
+    deploy, while the snapshot recorded it `inactive`; only systemd's reset-failed puts it back.
+    A unit that was failed before the deploy is the host's own state: never reset."""
+    before = {
+        "sweep.service": u("static"),
+        "app.service": u("enabled", "active"),
+        "broken.service": u("enabled", "failed"),
+        "new.service": u("", load="not-found"),
+    }
+    now = {
+        "sweep.service": u("static", "failed"),
+        "app.service": u("enabled", "failed"),
+        "broken.service": u("enabled", "failed"),
+        # its file is gone, but systemd keeps a failed unit in memory until reset
+        "new.service": u("", "failed", load="not-found"),
+    }
+    assert restore.units_to_restore(before, now, restart_owed=False) == [
+        ["systemctl", "reset-failed", "sweep.service"],
+        # before the restart: a unit that hit its start limit would refuse to start otherwise
+        ["systemctl", "reset-failed", "app.service"],
+        ["systemctl", "restart", "app.service"],
+        ["systemctl", "reset-failed", "new.service"],
+    ]
+    assert restore.unit_mismatch(before, {**now, "broken.service": u("enabled")}) == [
+        "sweep.service: ActiveState 'failed' != recorded 'inactive'",
+        "app.service: ActiveState 'failed' != recorded 'active'",
+        "broken.service: ActiveState 'inactive' != recorded 'failed'",
+    ]
+
+
+class FakeSystemd:
+    """systemctl as restore calls it (through Restore.run), over an in-memory unit table with
+    systemd's rules for what each verb does to a unit's ActiveState; every call is recorded."""
+
+    def __init__(self, units: dict[str, dict[str, str]]) -> None:
+        self.units = {name: {**props, "Id": name} for name, props in units.items()}
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], capture: bool) -> str:
+        self.calls.append(argv)
+        assert argv[0] == "systemctl", argv
+        verb, names = argv[1], [a for a in argv[2:] if not a.startswith("-")]
+        if verb == "show":
+            keys = argv[argv.index("-p") + 1].split(",")
+            names = names[1:]  # the -p value
+            return "\n\n".join(
+                "\n".join(f"{k}={self.units[n].get(k, '')}" for k in keys) for n in names
+            )
+        for name in names:
+            unit = self.units[name]
+            if verb == "stop" or (verb == "reset-failed" and unit["ActiveState"] == "failed"):
+                unit["ActiveState"] = "inactive"
+            elif verb in {"start", "restart"}:
+                unit["ActiveState"] = "active"
+            elif verb in {"enable", "disable", "mask"}:
+                unit["UnitFileState"] = f"{verb}d" if verb != "mask" else "masked"
+            elif verb == "unmask":
+                unit["UnitFileState"] = "disabled"
+        return ""
+
+
+def test_the_rollback_check_passes_after_a_oneshot_the_deploy_failed(tmp_path: Path) -> None:
+    """The whole restore on units only: the check that said "rollback incomplete" for the
+    sweep the broken deploy failed now finds the host as recorded; a unit failed before the
+    deploy is still failed and still matches; a second run changes nothing."""
+    evidence = tmp_path / "evidence" / "core_kernel_20260101T000000Z"
+    evidence.mkdir(parents=True)
+    before = {
+        "quantum-stream-recover.service": u("static"),
+        "quantum-stream-recover.timer": u("enabled", "active"),
+        "quantum-legacy.service": u("disabled", "failed"),
+    }
+    manifest = restore.parse_manifest(
+        {
+            "created": "20260101T000000Z",
+            "current": {"existed": False, "path": str(tmp_path / "current")},
+            "group": {},
+            "dirs": {},
+            "files": [],
+            "units": before,
+        }
+    )
+    systemd = FakeSystemd({**before, "quantum-stream-recover.service": u("static", "failed")})
+    log = tmp_path / "log"
+    with log.open("w") as err:
+        first = restore.Restore(
+            evidence=evidence, manifest=manifest, stamp="1", run=systemd, log=err
+        ).execute()
+        assert first["ok"] is True, first["unit_mismatch"]
+        assert first["actions"] == ["reset-failed quantum-stream-recover.service"]
+        assert ["systemctl", "reset-failed", "quantum-legacy.service"] not in systemd.calls
+        assert systemd.units["quantum-legacy.service"]["ActiveState"] == "failed"
+        second = restore.Restore(
+            evidence=evidence, manifest=manifest, stamp="2", run=systemd, log=err
+        ).execute()
+    assert second["ok"] is True and second["changed"] is False, second["actions"]

@@ -67,6 +67,18 @@ def host_state(host) -> dict[str, object]:
     return {"snapshot": snapshot, "evidence": evidence, "pending": stable, "xlen": stream_len}
 
 
+def snapshot_diff(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """Which entries of two snapshots differ, one line each (a failing == of the whole
+    snapshot prints an unreadable truncated blob)."""
+    out = []
+    for part in before.keys() | after.keys():
+        was, now = before.get(part, {}), after.get(part, {})
+        for key in sorted(was.keys() | now.keys()):
+            if was.get(key) != now.get(key):
+                out.append(f"{part} {key}: {was.get(key)} -> {now.get(key)}")
+    return out
+
+
 @pytest.fixture(scope="module")
 def instance(host) -> str:
     return str(host.backend.name)
@@ -340,3 +352,110 @@ def test_a_live_host_switches_to_testnet_and_back(host, instance, tmp_path):
         assert mode["mode"] == "LIVE" and mode["enforce"] is False, mode
     finally:
         host.run("printf %s %s > /etc/quantum/quantum.env", "%s", original)
+
+
+def test_a_failed_deploy_names_the_failing_unit_and_rolls_back(host, instance, tmp_path):
+    """Issue 12 item 3: a failure after the change names its root cause - the unit that did not
+    come back and the last line it logged - the host is restored as it was (the rollback's own
+    verification included: a oneshot the broken deploy left failed is reset, not reported), and
+    the report of the rolled-back run states the host's real mode. Last in the file: the host
+    ends as the earlier tests left it (deployed LIVE), which the snapshot comparison proves."""
+    before = host_state(host)
+    failed_units = "systemctl list-units --failed --plain --no-legend --no-pager"
+    failed_before = host.check_output(failed_units)
+    marker = "kernel-test: deliberate start failure"
+    failing = f"/bin/sh -c 'echo {marker} >&2; exit 1'"
+    rc, output, seconds = run_deploy(
+        tmp_path,
+        instance,
+        "live",
+        "-e",
+        f"core_kernel_confirm_live={instance}",
+        "-e",
+        json.dumps({"core_kernel_exec_start_pre": failing}),  # key=value would split it
+    )
+    print(f"failed deploy with rollback took {seconds:.1f} s")
+    assert rc != 0, output[-3000:]
+    flat = " ".join(output.split())  # the yaml callback folds long messages
+    assert "deploy failed and was rolled back" in flat, output[-3000:]
+    assert "rollback incomplete" not in flat, output[-3000:]
+    # the root cause: the failing unit, then its own last journal line, before the task's error
+    cause = re.search(r"(quantum-execution\.service \S+ \(\S+\)): ([^;<]*)", flat)
+    assert cause, output[-3000:]
+    assert marker in cause.group(2), cause.group(0)
+    after = host_state(host)
+    # The recovery log is the one file that keeps this run's lines: the sweeps that ran during
+    # the deploy appended to it (it existed before, so it is not the deploy's to take away).
+    log = "/var/log/quantum/stream_recover.log"
+    kept = {k: v for k, v in before["snapshot"]["files"][log].items() if k != "sha256"}
+    assert {k: v for k, v in after["snapshot"]["files"][log].items() if k != "sha256"} == kept
+    for state in (before, after):
+        state["snapshot"]["files"].pop(log)
+    assert snapshot_diff(before["snapshot"], after["snapshot"]) == []
+    assert after["pending"] == before["pending"] and after["xlen"] == before["xlen"]
+    # the oneshot sweep the broken deploy failed is no longer failed (systemd's memory too)
+    assert host.check_output(failed_units) == failed_before
+    # The controller's report of this run: rolled back, and the mode the host really has.
+    report = (PROJECT / "evidence" / instance / "latest/ACTIVATION_REPORT.md").read_text()
+    assert "| Status | **ROLLED BACK**" in report, report[:3000]
+    assert marker in report, report[:3000]
+    assert "| Mode | **LIVE** (inventory: LIVE;" in report, report[:3000]
+    assert "| Host mode (the application's own evidence) | **LIVE**" in report, report[:3000]
+    assert kernel_mode(host)["mode"] == "LIVE"
+    # On the host: the rollback report says the verification found everything as recorded.
+    latest = host.check_output("readlink -f %s/latest", EVIDENCE_ROOT).strip()
+    rb = host.check_output("cat %s/ROLLBACK_REPORT_*.md", latest)
+    assert "**OK** - files and unit states equal the recorded before state" in rb, rb
+    print("rollback changes:", [line for line in rb.splitlines() if line.startswith("- ")])
+
+
+def test_restore_resets_a_oneshot_the_deploy_left_failed_and_keeps_one_failed_before(host):
+    """The finding that took the test above out: the oneshot sweep ended `failed` during a
+    broken deploy and the rollback's verification called that "incomplete". Here the failure
+    is made on purpose (a runtime drop-in, outside every recorded file) after the evidence of
+    the rolled-back run above recorded the sweep `inactive`; the same restore the rollback
+    runs must reset it, then - once the evidence records it failed - leave it failed."""
+    latest = host.check_output("readlink -f %s/latest", EVIDENCE_ROOT).strip()
+    restore = f"python3 -I -B {latest}/restore.py {latest}"
+    dropin = f"/run/systemd/system/{SERVICE}.d"
+    manifest = f"{latest}/backup/manifest.json"
+    recorded = json.loads(host.file(manifest).content_string)
+    assert recorded["units"][SERVICE]["ActiveState"] == "inactive", recorded["units"][SERVICE]
+
+    def fail_the_sweep() -> None:
+        host.check_output("mkdir -p %s", dropin)
+        host.check_output(
+            "printf '[Service]\\nExecStartPre=/bin/false\\n' > %s/99-fail.conf", dropin
+        )
+        host.check_output("systemctl daemon-reload")
+        host.run("systemctl start %s", SERVICE)
+        host.check_output("rm -r %s && systemctl daemon-reload", dropin)
+        state = host.check_output("systemctl show -p ActiveState --value %s", SERVICE)
+        assert state.strip() == "failed"
+
+    try:
+        fail_the_sweep()
+        run = host.run(restore)
+        assert run.rc == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["ok"] is True and result["unit_mismatch"] == [], result
+        assert f"reset-failed {SERVICE}" in result["actions"], result["actions"]
+        state = host.check_output("systemctl show -p ActiveState --value %s", SERVICE)
+        assert state.strip() == "inactive"
+
+        # A unit that was already failed when the evidence was recorded is the host's own
+        # state: the restore leaves it failed (and says the host matches the record).
+        host.check_output("cp -p %s %s.orig", manifest, manifest)
+        recorded["units"][SERVICE]["ActiveState"] = "failed"
+        host.check_output("printf %%s %s > %s", json.dumps(recorded), manifest)
+        fail_the_sweep()
+        run = host.run(restore)
+        assert run.rc == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert not any("reset-failed" in a for a in result["actions"]), result["actions"]
+        state = host.check_output("systemctl show -p ActiveState --value %s", SERVICE)
+        assert state.strip() == "failed"
+    finally:
+        host.run("rm -rf %s && systemctl daemon-reload", dropin)
+        host.run("test -f %s.orig && mv %s.orig %s", manifest, manifest, manifest)
+        host.run("systemctl reset-failed %s", SERVICE)

@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+#: The stdlib-only program the host runs for a rollback; its rules are used here, not repeated.
+_RESTORE = Path("files/kernel/src/core_kernel/restore.py")
+_RESTORE_MODULE = "_core_kernel_filter_restore"
+
+
+@cache
+def _restore() -> ModuleType:
+    """restore.py, loaded by path from the tree this file lives in: the repository, or the
+    installed collection (both hold roles/core_kernel/ and files/kernel/ under one root; the
+    plugins/filter and playbooks/filter_plugins copies are symlinks to this file)."""
+    here = Path(__file__).absolute()
+    tops = [*here.parents, *here.resolve().parents]
+    found = next((top / _RESTORE for top in tops if (top / _RESTORE).is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{_RESTORE} not found above {here}: an incomplete checkout?")
+    spec = importlib.util.spec_from_file_location(_RESTORE_MODULE, found)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{found}: cannot be loaded as a module")
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the file executes
+    sys.modules[_RESTORE_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 _UNIT_KEYS = ("Id", "LoadState", "ActiveState", "SubState", "UnitFileState")
 
@@ -59,23 +89,9 @@ def core_kernel_unit_mismatch(
     after: dict[str, dict[str, str]],
     timers_only_active: bool = False,
 ) -> list[str]:
-    """Units whose load/enabled/active state differs from the recorded one (SubState ignored:
-    a oneshot may legitimately be between runs)."""
-    bad: list[str] = []
-    for unit, want in before.items():
-        got = after.get(unit, {})
-        if want.get("LoadState") == "not-found":
-            if got.get("LoadState", "not-found") != "not-found":
-                bad.append(f"{unit}: exists now, did not before")
-            continue
-        for key in ("UnitFileState", "ActiveState"):
-            # A oneshot service flips between inactive and activating whenever its timer
-            # fires: for change detection only a timer's ActiveState is meaningful.
-            if key == "ActiveState" and timers_only_active and not unit.endswith(".timer"):
-                continue
-            if got.get(key) != want.get(key):
-                bad.append(f"{unit}: {key} {got.get(key)!r} != recorded {want.get(key)!r}")
-    return bad
+    """Units whose load/enabled/active state differs from the recorded one: restore's own
+    ``unit_mismatch``, so the deploy's check and the rollback's verification are one rule."""
+    return list(_restore().unit_mismatch(before, after, timers_only_active=timers_only_active))
 
 
 class FilterModule:

@@ -5,8 +5,9 @@ The one rollback: ``roles/core_kernel/tasks/rollback.yml`` and each evidence dir
 evidence_before.yml) and restores files byte-identical with owner/group/mode, removes files and
 directories the deploy created, switches the release symlink back, keeps and removes the
 run-time directories and users the deploy created, puts every recorded unit back to its
-enabled/disabled/masked and active/inactive state (daemon-reload in between) and then checks
-the host against the manifest.
+enabled/disabled/masked and active/inactive state (daemon-reload in between; a unit the deploy
+left ``failed`` is reset, one recorded ``failed`` is left so) and then checks the host against
+the manifest.
 
 Standard library only, and no other core_kernel import: the deploy copies this file into the
 evidence directory, and ROLLBACK.sh runs that copy with the system ``python3`` - so a rollback
@@ -367,6 +368,12 @@ def units_to_restore(
     steps: list[list[str]] = []
     for unit, want in before.items():
         got = now.get(unit, {})
+        # A failure the deploy caused (a oneshot sweep that ran against the broken release)
+        # stays in systemd's memory after its files are back: clear it, which also resets the
+        # start limit the restart below may need. A unit recorded as failed was failed before
+        # the deploy - the host's own state, kept for its operator to look at.
+        if got.get("ActiveState") == "failed" and want.get("ActiveState") != "failed":
+            steps.append(["systemctl", "reset-failed", unit])
         if want.get("LoadState") == "not-found":
             continue  # its file is gone again; units_to_quiet stopped and disabled it
         was, state = want.get("UnitFileState", ""), got.get("UnitFileState", "")
@@ -393,8 +400,14 @@ def units_to_restore(
     return steps
 
 
-def unit_mismatch(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[str]:
-    """Units whose load/unit-file/active state differs from the record (SubState ignored)."""
+def unit_mismatch(
+    before: dict[str, dict[str, str]],
+    after: dict[str, dict[str, str]],
+    timers_only_active: bool = False,
+) -> list[str]:
+    """Units whose load/unit-file/active state differs from the record (SubState ignored: a
+    oneshot may legitimately be between runs). The one implementation: the role's filter
+    ``core_kernel_unit_mismatch`` loads this file and calls it."""
     bad: list[str] = []
     for unit, want in before.items():
         got = after.get(unit, {})
@@ -403,6 +416,10 @@ def unit_mismatch(before: dict[str, dict[str, str]], after: dict[str, dict[str, 
                 bad.append(f"{unit}: exists now, did not before")
             continue
         for key in ("UnitFileState", "ActiveState"):
+            # A oneshot service flips between inactive and activating whenever its timer
+            # fires: for change detection during a deploy only a timer's ActiveState counts.
+            if key == "ActiveState" and timers_only_active and not unit.endswith(".timer"):
+                continue
             if got.get(key) != want.get(key):
                 bad.append(f"{unit}: {key} {got.get(key)!r} != recorded {want.get(key)!r}")
     return bad
