@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -645,3 +646,77 @@ def test_the_rollback_check_passes_after_a_oneshot_the_deploy_failed(tmp_path: P
             evidence=evidence, manifest=manifest, stamp="2", run=systemd, log=err
         ).execute()
     assert second["ok"] is True and second["changed"] is False, second["actions"]
+
+
+class TimerFiresSystemd(FakeSystemd):
+    """A timer starts its oneshot right after the restore: ``show`` reports it ``activating``
+    for ``runs`` reads (``runs`` < 0: for ever), then ``inactive``."""
+
+    def __init__(self, units: dict[str, dict[str, str]], unit: str, runs: int) -> None:
+        super().__init__(units)
+        self.unit, self.runs = unit, runs
+
+    def __call__(self, argv: list[str], capture: bool) -> str:
+        if argv[1] == "show" and self.unit in argv and self.runs != 0:
+            self.runs -= 1
+            self.units[self.unit]["ActiveState"] = "activating"
+        elif argv[1] == "show" and self.unit in argv:
+            self.units[self.unit]["ActiveState"] = "inactive"
+        return super().__call__(argv, capture)
+
+
+def _sweep_units() -> dict[str, dict[str, str]]:
+    return {
+        "quantum-stream-recover.service": u("static"),
+        "quantum-stream-recover.timer": u("enabled", "active"),
+    }
+
+
+def _units_only_restore(tmp_path: Path, systemd: FakeSystemd) -> dict[str, Any]:
+    evidence = tmp_path / "evidence" / "core_kernel_20260101T000000Z"
+    evidence.mkdir(parents=True)
+    manifest = restore.parse_manifest(
+        {
+            "created": "20260101T000000Z",
+            "current": {"existed": False, "path": str(tmp_path / "current")},
+            "group": {},
+            "dirs": {},
+            "files": [],
+            "units": _sweep_units(),
+        }
+    )
+    with (tmp_path / "log").open("w") as err:
+        return restore.Restore(
+            evidence=evidence, manifest=manifest, stamp="1", run=systemd, log=err
+        ).execute()
+
+
+def test_the_check_waits_for_a_oneshot_the_timer_started_after_the_restore(
+    tmp_path: Path,
+) -> None:
+    """The race the live scenario could hit: the sweep's timer fires between the restore and
+    its check. 'activating' where 'inactive' was recorded is the host running: the check waits
+    for it to end, then finds the host as recorded."""
+    units = _sweep_units()
+    systemd = TimerFiresSystemd(units, "quantum-stream-recover.service", runs=3)
+    result = _units_only_restore(tmp_path, systemd)
+    assert result["ok"] is True, result["unit_mismatch"]
+    shows = [c for c in systemd.calls if c[1] == "show"]
+    assert len(shows) >= 4, shows
+
+
+def test_a_unit_that_never_leaves_a_transient_state_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is bounded: a unit still 'activating' at the deadline is a mismatch, named."""
+    monkeypatch.setattr(restore, "SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(restore, "SETTLE_POLL_SECONDS", 0.05)
+    units = _sweep_units()
+    systemd = TimerFiresSystemd(units, "quantum-stream-recover.service", runs=-1)
+    started = time.monotonic()
+    result = _units_only_restore(tmp_path, systemd)
+    assert time.monotonic() - started < 5
+    assert result["ok"] is False
+    assert result["unit_mismatch"] == [
+        "quantum-stream-recover.service: ActiveState 'activating' != recorded 'inactive'"
+    ]

@@ -40,6 +40,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,13 @@ def units_to_quiet(
     return steps
 
 
+#: ActiveStates systemd passes through on its own (a timer's oneshot starting or ending)
+TRANSIENT_STATES = frozenset({"activating", "deactivating", "reloading", "refreshing"})
+#: How long the final check waits for a unit to leave such a state before comparing
+SETTLE_SECONDS = 30.0
+SETTLE_POLL_SECONDS = 0.5
+
+
 def units_to_restore(
     before: dict[str, dict[str, str]], now: dict[str, dict[str, str]], restart_owed: bool
 ) -> list[list[str]]:
@@ -645,6 +653,26 @@ class Restore:
                 marker.unlink()
 
     # -- the whole run --
+    def settled_units(self, record: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        """The units' states once none is passing through a state it was not recorded in.
+
+        A timer may start its oneshot between the restore and this check (``activating`` where
+        ``inactive`` was recorded): that is the host running, not a failed rollback, so the check
+        waits - up to SETTLE_SECONDS - for it to end before it compares.
+        """
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            now = read_units(list(record), self.run)
+            moving = [
+                unit
+                for unit, got in now.items()
+                if got.get("ActiveState") in TRANSIENT_STATES
+                and got.get("ActiveState") != record.get(unit, {}).get("ActiveState")
+            ]
+            if not moving or time.monotonic() >= deadline:
+                return now
+            time.sleep(SETTLE_POLL_SECONDS)
+
     def execute(self) -> dict[str, Any]:
         m = self.manifest
         if self.root != Path("/") and self.touches_system:
@@ -685,7 +713,7 @@ class Restore:
                     "ok": file_matches(rec, now),
                 }
             )
-        units_after = read_units(list(m.units), self.run) if not self.dry_run else {}
+        units_after = self.settled_units(m.units) if not self.dry_run else {}
         mismatch: list[str] = [f["path"] for f in files if not f["ok"]]
         link = self.host(m.current_path or self.current_link)
         current = file_now(link)
