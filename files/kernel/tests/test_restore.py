@@ -611,17 +611,12 @@ class FakeSystemd:
         return ""
 
 
-def test_the_rollback_check_passes_after_a_oneshot_the_deploy_failed(tmp_path: Path) -> None:
-    """The whole restore on units only: the check that said "rollback incomplete" for the
-    sweep the broken deploy failed now finds the host as recorded; a unit failed before the
-    deploy is still failed and still matches; a second run changes nothing."""
+def _units_only_restore(
+    tmp_path: Path, systemd: FakeSystemd, units: dict[str, dict[str, str]], stamp: str = "1"
+) -> dict[str, Any]:
+    """A whole restore of an evidence directory that recorded only ``units``."""
     evidence = tmp_path / "evidence" / "core_kernel_20260101T000000Z"
-    evidence.mkdir(parents=True)
-    before = {
-        "quantum-stream-recover.service": u("static"),
-        "quantum-stream-recover.timer": u("enabled", "active"),
-        "quantum-legacy.service": u("disabled", "failed"),
-    }
+    evidence.mkdir(parents=True, exist_ok=True)
     manifest = restore.parse_manifest(
         {
             "created": "20260101T000000Z",
@@ -629,22 +624,31 @@ def test_the_rollback_check_passes_after_a_oneshot_the_deploy_failed(tmp_path: P
             "group": {},
             "dirs": {},
             "files": [],
-            "units": before,
+            "units": units,
         }
     )
+    with (tmp_path / "log").open("a") as err:
+        return restore.Restore(
+            evidence=evidence, manifest=manifest, stamp=stamp, run=systemd, log=err
+        ).execute()
+
+
+def test_the_rollback_check_passes_after_a_oneshot_the_deploy_failed(tmp_path: Path) -> None:
+    """The whole restore on units only: the check that said "rollback incomplete" for the
+    sweep the broken deploy failed now finds the host as recorded; a unit failed before the
+    deploy is still failed and still matches; a second run changes nothing."""
+    before = {
+        "quantum-stream-recover.service": u("static"),
+        "quantum-stream-recover.timer": u("enabled", "active"),
+        "quantum-legacy.service": u("disabled", "failed"),
+    }
     systemd = FakeSystemd({**before, "quantum-stream-recover.service": u("static", "failed")})
-    log = tmp_path / "log"
-    with log.open("w") as err:
-        first = restore.Restore(
-            evidence=evidence, manifest=manifest, stamp="1", run=systemd, log=err
-        ).execute()
-        assert first["ok"] is True, first["unit_mismatch"]
-        assert first["actions"] == ["reset-failed quantum-stream-recover.service"]
-        assert ["systemctl", "reset-failed", "quantum-legacy.service"] not in systemd.calls
-        assert systemd.units["quantum-legacy.service"]["ActiveState"] == "failed"
-        second = restore.Restore(
-            evidence=evidence, manifest=manifest, stamp="2", run=systemd, log=err
-        ).execute()
+    first = _units_only_restore(tmp_path, systemd, before)
+    assert first["ok"] is True, first["unit_mismatch"]
+    assert first["actions"] == ["reset-failed quantum-stream-recover.service"]
+    assert ["systemctl", "reset-failed", "quantum-legacy.service"] not in systemd.calls
+    assert systemd.units["quantum-legacy.service"]["ActiveState"] == "failed"
+    second = _units_only_restore(tmp_path, systemd, before, stamp="2")
     assert second["ok"] is True and second["changed"] is False, second["actions"]
 
 
@@ -672,34 +676,14 @@ def _sweep_units() -> dict[str, dict[str, str]]:
     }
 
 
-def _units_only_restore(tmp_path: Path, systemd: FakeSystemd) -> dict[str, Any]:
-    evidence = tmp_path / "evidence" / "core_kernel_20260101T000000Z"
-    evidence.mkdir(parents=True)
-    manifest = restore.parse_manifest(
-        {
-            "created": "20260101T000000Z",
-            "current": {"existed": False, "path": str(tmp_path / "current")},
-            "group": {},
-            "dirs": {},
-            "files": [],
-            "units": _sweep_units(),
-        }
-    )
-    with (tmp_path / "log").open("w") as err:
-        return restore.Restore(
-            evidence=evidence, manifest=manifest, stamp="1", run=systemd, log=err
-        ).execute()
-
-
 def test_the_check_waits_for_a_oneshot_the_timer_started_after_the_restore(
     tmp_path: Path,
 ) -> None:
     """The race the live scenario could hit: the sweep's timer fires between the restore and
     its check. 'activating' where 'inactive' was recorded is the host running: the check waits
     for it to end, then finds the host as recorded."""
-    units = _sweep_units()
-    systemd = TimerFiresSystemd(units, "quantum-stream-recover.service", runs=3)
-    result = _units_only_restore(tmp_path, systemd)
+    systemd = TimerFiresSystemd(_sweep_units(), "quantum-stream-recover.service", runs=3)
+    result = _units_only_restore(tmp_path, systemd, _sweep_units())
     assert result["ok"] is True, result["unit_mismatch"]
     shows = [c for c in systemd.calls if c[1] == "show"]
     assert len(shows) >= 4, shows
@@ -711,10 +695,9 @@ def test_a_unit_that_never_leaves_a_transient_state_is_reported(
     """The wait is bounded: a unit still 'activating' at the deadline is a mismatch, named."""
     monkeypatch.setattr(restore, "SETTLE_SECONDS", 0.3)
     monkeypatch.setattr(restore, "SETTLE_POLL_SECONDS", 0.05)
-    units = _sweep_units()
-    systemd = TimerFiresSystemd(units, "quantum-stream-recover.service", runs=-1)
+    systemd = TimerFiresSystemd(_sweep_units(), "quantum-stream-recover.service", runs=-1)
     started = time.monotonic()
-    result = _units_only_restore(tmp_path, systemd)
+    result = _units_only_restore(tmp_path, systemd, _sweep_units())
     assert time.monotonic() - started < 5
     assert result["ok"] is False
     assert result["unit_mismatch"] == [
