@@ -422,3 +422,27 @@ def test_consumer_name_is_stable_not_a_pid(pipe):
     config = load_config(pipe.workdir / "core_gates.env", environ={"CORE_GATES_ENV": ""})
     assert config.consumer_name == f"{socket.gethostname()}:quantum-execution"
     assert str(os.getpid()) not in config.consumer_name
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it(pipe, redis_server):
+    """CI caught it: a worker restarted while Redis restarted died of a traceback in its first
+    read (CONFIG GET for the durability check). Its start-up reads wait the outage out the way
+    its loop does - one line per retry - and then it serves what was published."""
+    w = pipe.workers[0]
+    tid = publish(pipe, 1)
+    redis_server.stop()
+    try:
+        w.start()
+        time.sleep(1.5)
+        assert w.proc is not None and w.proc.poll() is None, "the worker died of the outage"
+    finally:
+        redis_server.start()
+    _wait(lambda: tid in results(pipe))
+    assert w.term() == 0
+    text = w.log_path.read_text()
+    assert "Traceback" not in text
+    waits = [
+        line for line in text.splitlines() if "REDIS_UNAVAILABLE" in line and "at=start" in line
+    ]
+    assert waits, text[-2000:]
+    assert results(pipe)[tid]["status"] == "order_placed"

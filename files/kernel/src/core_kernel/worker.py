@@ -720,10 +720,29 @@ class Worker:
         )
         return not refuse
 
+    def _start(self) -> bool:
+        """The start-up reads (durability, the group), waiting out a Redis that is down or
+        loading the way the main loop does - a worker restarted while Redis restarts must not
+        die of it. False: refuse to start (durability), or asked to stop while waiting."""
+        backoff = 0.2
+        while not self.stopping:
+            try:
+                if not self.check_durability():
+                    return False
+                streams.ensure_group(self.redis)
+                return True
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                event, text = streams.redis_down(exc)
+                log.warning(kv(event, {"error": text, "retry_s": backoff, "at": "start"}))
+                if self.metrics is not None:
+                    self.metrics.redis_down()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        return False
+
     def run(self) -> int:
-        if not self.check_durability():
-            return 2
-        streams.ensure_group(self.redis)
+        if not self._start():
+            return 0 if self.stopping else 2
         log.info(kv("WORKER_START", {"consumer": self.consumer, "mode": self.mode.value}))
         sd_notify("READY=1")
         next_pel = 0.0
