@@ -177,6 +177,10 @@ def durability_problem(client: redis.Redis) -> str | None:
     return None
 
 
+#: What a worker waits out (with backoff) instead of dying of it
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
 # --- the worker -----------------------------------------------------------------------------
 @dataclass
 class WorkerStats:
@@ -351,7 +355,7 @@ class Worker:
         except Transient as exc:
             self.on_entry("retry", entry, str(exc))
             return True
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        except _REDIS_DOWN:
             raise  # Redis itself: the loop waits and re-reads the PEL
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc) or "NOSCRIPT" in str(exc):
@@ -731,14 +735,21 @@ class Worker:
                     return False
                 streams.ensure_group(self.redis)
                 return True
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                event, text = streams.redis_down(exc)
-                log.warning(kv(event, {"error": text, "retry_s": backoff, "at": "start"}))
-                if self.metrics is not None:
-                    self.metrics.redis_down()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except _REDIS_DOWN as exc:
+                backoff = self._wait_for_redis(exc, backoff, at="start")
         return False
+
+    def _wait_for_redis(self, exc: Exception, backoff: float, at: str | None = None) -> float:
+        """One line, the metric, a pause: Redis is down or loading. Returns the next pause."""
+        event, text = streams.redis_down(exc)
+        fields: dict[str, object] = {"error": text, "retry_s": backoff}
+        if at is not None:
+            fields["at"] = at
+        log.warning(kv(event, fields))
+        if self.metrics is not None:
+            self.metrics.redis_down()
+        time.sleep(backoff)
+        return min(backoff * 2, 5.0)
 
     def run(self) -> int:
         if not self._start():
@@ -769,13 +780,8 @@ class Worker:
                 if self._run_entries(entries):
                     next_pel = min(next_pel, time.monotonic() + self.pel_interval_s)
                 backoff = 0.2
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                event, text = streams.redis_down(exc)
-                log.warning(kv(event, {"error": text, "retry_s": backoff}))
-                if self.metrics is not None:
-                    self.metrics.redis_down()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except _REDIS_DOWN as exc:
+                backoff = self._wait_for_redis(exc, backoff)
                 next_pel = 0.0  # something may be half done: read our PEL again first
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
