@@ -602,10 +602,7 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
             failed.add(_EDGE)
         # 3./4. cooldown and rate need the shared state: admit.lua decides them.
         # 5. reward / risk
-        if intent.side == "BUY":
-            reward, risk = tp - price, price - sl
-        else:
-            reward, risk = price - tp, sl - price
+        reward, risk = _reward_risk(intent.side, price, tp, sl)
         min_r = params.min_r_for(regime)
         if min_r is not None and reward < min_r * risk:
             failed.add(_R_TOO_LOW)
@@ -613,6 +610,13 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
         if model.lower() not in params._allowed_lc.get(regime, frozenset()):
             failed.add(_MODEL)
     return Partial(failed, {}, exit_only, intent.trace_id, None, intent)
+
+
+def _reward_risk(side: str, price: Decimal, tp: Decimal, sl: Decimal) -> tuple[Decimal, Decimal]:
+    """An entry's reward (price to tp) and risk (price to sl), in its side's direction."""
+    if side == "BUY":
+        return tp - price, price - sl
+    return price - tp, sl - price
 
 
 def _gate_context(ctx: dict[str, Any], intent: Intent, params: GateParams) -> None:
@@ -638,10 +642,7 @@ def _gate_context(ctx: dict[str, Any], intent: Intent, params: GateParams) -> No
     ctx["expected_move_usd"] = move
     ctx["friction_usd"] = notional * params.friction_rate
     ctx["required_edge_usd"] = notional * params._edge_factor
-    if intent.side == "BUY":
-        reward, risk = tp - price, price - sl
-    else:
-        reward, risk = price - tp, sl - price
+    reward, risk = _reward_risk(intent.side, price, tp, sl)
     ctx["r"] = _DISPLAY.divide(reward, risk)
     ctx["min_r"] = params.min_r_for(intent.regime)
     ctx["model"] = intent.model
