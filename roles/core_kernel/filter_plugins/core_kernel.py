@@ -18,7 +18,7 @@ _RESTORE_MODULE = "_core_kernel_filter_restore"
 def _restore() -> ModuleType:
     """restore.py, loaded by path from the tree this file lives in: the repository, or the
     installed collection (both hold roles/core_kernel/ and files/kernel/ under one root; the
-    plugins/filter and playbooks/filter_plugins copies are symlinks to this file)."""
+    plugins/filter copy is a symlink to this file)."""
     here = Path(__file__).absolute()
     tops = [*here.parents, *here.resolve().parents]
     found = next((top / _RESTORE for top in tops if (top / _RESTORE).is_file()), None)
