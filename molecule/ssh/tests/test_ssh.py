@@ -9,7 +9,8 @@ starts from the state the one before it left):
   host key refused when unknown -> --check --diff -vvv (changes nothing) -> fresh deploy ->
   second run (changed=0) -> verify -> environment kept -> rollback (byte-identical) ->
   interrupted deploy -> verify fails -> recovery run at -vvv --diff (ps sampled) -> verify ->
-  canary sweep (outputs, ps, host filesystem, both evidence dirs, their modes) -> rollback again
+  changing redeploy at -vvv --diff -> canary sweep (outputs, ps, host filesystem, both evidence
+  dirs, their modes; raw, hex and base64) -> rollback past the redeploy to the pristine host
 
 After every run: no "Error deleting remote temporary files", the deploy user's ~/.ansible/tmp
 is empty and nothing under its home is owned by anyone else (issue 12 item 5). Each run's wall
@@ -19,6 +20,7 @@ backend, root) is only the inspector; every change goes over SSH.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -68,6 +70,27 @@ def canary() -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def disguises(secret: str) -> dict[str, str]:
+    """The secret as it may leak: raw, hex, and base64 at each of the three byte alignments a
+    file or module result can put it at (standard and URL-safe alphabets). A base64 form is cut
+    to the whole 4-character groups made of the secret's bytes alone, so it is found inside the
+    encoding of any longer text that holds the secret (the stage-25 sweep looked for the raw
+    value only, and -vvv printed the secrets file base64-encoded)."""
+    raw = secret.encode()
+    forms = {"raw": secret, "hex": raw.hex()}
+    for k in range(3):
+        padded = b"\0" * k + raw
+        start, end = (4 if k else 0), (len(padded) // 3) * 4
+        forms[f"base64+{k}"] = base64.b64encode(padded).decode()[start:end]
+        forms[f"urlsafe-base64+{k}"] = base64.urlsafe_b64encode(padded).decode()[start:end]
+    return forms
+
+
+def leaked(secret: str, text: str) -> list[str]:
+    """The disguises of the secret that text holds."""
+    return [name for name, form in disguises(secret).items() if form in text]
 
 
 def snapshot(host) -> dict[str, object]:
@@ -163,7 +186,7 @@ def run(host, instance: str, canary: str, name: str, playbook: str, *extra: str)
     RUNS.append({"run": name, "playbook": playbook, "rc": rc, "seconds": round(seconds, 1)})
     OUTPUTS[name] = out
     print(f"\nssh-timing {name}: {playbook} {' '.join(extra)} rc={rc} {seconds:.1f} s")
-    assert canary not in out, f"{name}: the Redis password is in the run's output"
+    assert leaked(canary, out) == [], f"{name}: the Redis password is in the run's output"
     assert "ESTABLISH SSH CONNECTION" in out or "-vvv" not in extra, "the run did not use SSH"
     assert_remote_tmp_clean(host, out)
     return rc, out, seconds
@@ -286,8 +309,11 @@ def test_the_application_environment_is_kept_by_the_deploy(host):
     assert_application_env_kept(host, before, now)
 
 
-def rollback_and_compare(host, instance, canary, name: str) -> None:
-    rc, out, _ = run(host, instance, canary, name, "rollback.yml")
+def rollback_and_compare(host, instance, canary, name: str, evidence: str = "") -> None:
+    """Roll back to the evidence directory given (default: the one `latest` points at)."""
+    extra = ("-e", f"core_kernel_rollback_evidence={evidence}") if evidence else ()
+    target = evidence or host.file(f"{EVIDENCE_ROOT}/latest").linked_to
+    rc, out, _ = run(host, instance, canary, name, "rollback.yml", *extra)
     assert rc == 0, out[-3000:]
     assert differences(STATE["pristine"], snapshot(host)) == {}
     now = environments(host)
@@ -295,7 +321,6 @@ def rollback_and_compare(host, instance, canary, name: str) -> None:
         assert now[unit][1] == STATE["env_before"][unit][1], unit
     # the log directory the deploy created is gone; its log is kept in the rollback's evidence
     assert not host.file("/var/log/quantum").exists
-    target = host.file(f"{EVIDENCE_ROOT}/latest").linked_to
     kept = host.check_output("ls -d %s/rollback_*/kept/var/log/quantum", target).split()
     assert kept, "the recovery log was not kept"
     log = host.file(f"{kept[-1]}/stream_recover.log")
@@ -329,7 +354,7 @@ def test_an_interrupted_deploy_fails_verify_and_the_next_run_finishes_it(
         proc.wait()
     print(f"\nssh-timing interrupted: killed {time.monotonic() - start:.1f} s after the start")
     OUTPUTS["interrupted"] = log.read_text(errors="replace")
-    assert canary not in OUTPUTS["interrupted"]
+    assert leaked(canary, OUTPUTS["interrupted"]) == []
     # whatever the killed run had started on the host (sudo python over the dropped link) ends
     deadline = time.monotonic() + 60
     # [B]: the shell testinfra runs pgrep in carries the pattern too, and would match itself
@@ -355,7 +380,7 @@ def test_the_next_run_recovers_at_vvv_with_no_secret_on_any_command_line(
     print(f"ps sampled {ps.count} times on the host and the controller during the run")
     assert ps.count >= 10
     assert any("BECOME-SUCCESS" in sample for sample in ps.samples), "ps never saw the run"
-    hits = [s for s in ps.samples if canary in s]
+    hits = [s for s in ps.samples if leaked(canary, s)]
     assert hits == [], "the Redis password was on a command line"
     pending = STATE["pending"]
     assert not host.file(MARKER).exists
@@ -366,6 +391,30 @@ def test_the_next_run_recovers_at_vvv_with_no_secret_on_any_command_line(
     rc, out, _ = run(host, instance, canary, "verify-recovered", "verify.yml")
     assert rc == 0, out[-3000:]
     assert_application_env_kept(host, STATE["env_before"], environments(host))
+
+
+def test_a_changing_redeploy_keeps_the_backed_up_secret_out_of_diff_and_vvv(host, instance, canary):
+    """A deploy that changes a deployed host backs up its secrets file first: that copy's
+    content passes through the snapshot, the backup copy task and their facts, and must reach
+    neither --diff nor -vvv, in any encoding (stage 25's -vvv printed it base64-encoded)."""
+    rc, out, _ = run(
+        host,
+        instance,
+        canary,
+        "redeploy",
+        "deploy.yml",
+        "--diff",
+        "-vvv",
+        "-e",
+        "core_kernel_min_notional_usd=27",
+    )
+    assert rc == 0, out[-3000:]
+    assert "\nMIN_NOTIONAL_USD=27\n" in host.file(ENV_FILE).content_string
+    latest = host.file(f"{EVIDENCE_ROOT}/latest").linked_to
+    assert latest != STATE["pending"], "the redeploy wrote no evidence of its own"
+    backup = host.check_output("find %s/backup -name '*core_kernel.secrets.env'", latest)
+    assert backup, "the redeploy did not back up the secrets file: the check would be vacuous"
+    assert "MIN_NOTIONAL_USD=27" in out, "--diff showed no change: the check would be vacuous"
 
 
 # Where the canary may be, and why (everything else is a leak):
@@ -385,7 +434,8 @@ ALLOWED = [
 
 
 def grep_host(instance: str, canary: str, *paths: str) -> list[str]:
-    """Files under paths holding the canary; the canary goes to grep on stdin, never argv."""
+    """Files under paths holding the canary in any disguise; the patterns go to grep on stdin,
+    never argv."""
     done = subprocess.run(
         [
             "podman",
@@ -401,7 +451,7 @@ def grep_host(instance: str, canary: str, *paths: str) -> list[str]:
             "--exclude-dir=dev",
             *paths,
         ],
-        input=canary + "\n",
+        input="".join(form + "\n" for form in disguises(canary).values()),
         capture_output=True,
         text=True,
         check=False,
@@ -417,8 +467,8 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
     host's whole filesystem (evidence, logs, journal, temp dirs) and the controller's evidence
     hold the Redis password only in the designated secret files."""
     for name, out in OUTPUTS.items():
-        assert canary not in out, name
-    assert {"check", "recovery", "interrupted"} <= OUTPUTS.keys(), "a run to sweep is missing"
+        assert leaked(canary, out) == [], name
+    assert {"check", "recovery", "interrupted", "redeploy"} <= OUTPUTS.keys(), "a run is missing"
 
     hits = grep_host(instance, canary, "/")
     print(f"\nfiles on the host holding the canary: {hits}")
@@ -436,7 +486,7 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
         text=True,
         check=False,
     ).stdout
-    assert journal and canary not in journal, "the Redis password is in the journal"
+    assert journal and leaked(canary, journal) == [], "the Redis password is in the journal"
 
     # the host's evidence: directories 0700, files root's alone (0600, scripts 0700)
     loose = host.check_output(
@@ -448,7 +498,7 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
     controller = EPH / "evidence"
     files = [p for p in controller.rglob("*") if p.is_file()]
     assert files, "the deploy fetched no evidence to the controller"
-    assert [p for p in files if canary in p.read_text(errors="replace")] == []
+    assert [p for p in files if leaked(canary, p.read_text(errors="replace"))] == []
     loose_local = [
         f"{oct(p.stat().st_mode & 0o777)} {p}"
         for p in [controller, *controller.rglob("*")]
@@ -458,10 +508,11 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
     assert loose_local == [], f"controller evidence with loose modes: {loose_local}"
 
 
-def test_a_second_rollback_returns_the_host_byte_identical_again(host, instance, canary):
-    """The latest evidence is the interrupted deploy's (finished by the recovery run): its
-    backup is the state the first rollback left, i.e. the pristine host."""
-    rollback_and_compare(host, instance, canary, "rollback2")
+def test_a_rollback_past_a_later_deploy_returns_the_host_byte_identical(host, instance, canary):
+    """Rolled back to the interrupted deploy's evidence (finished by the recovery run), over the
+    redeploy made after it: that backup is the state the first rollback left, i.e. the pristine
+    host, as an operator who names an older evidence directory expects."""
+    rollback_and_compare(host, instance, canary, "rollback2", STATE["pending"])
 
 
 def test_timings_over_ssh():
