@@ -424,7 +424,7 @@ def test_every_role_plugin_is_the_collections_by_the_same_file() -> None:
     """One implementation: plugins/ is where a collection's roles find them; each is the role's
     own file (roles/*/filter_plugins, roles/*/library), linked, not a copy that could drift."""
     filters, modules = _plugin_names()
-    assert len(filters) >= 15 and modules == {"core_kernel_state"}
+    assert len(filters) >= 15 and modules == {"core_kernel_state", "core_kernel_evidence"}
     for kind, pattern in (
         ("filter", "roles/*/filter_plugins/*.py"),
         ("modules", "roles/*/library/*.py"),

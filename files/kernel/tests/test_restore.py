@@ -180,6 +180,8 @@ class Host:
         log.parent.mkdir(parents=True)
         log.write_text("sweep ok\n")
         (self.evidence_root / "PENDING.json").write_text('{"evidence": "x"}\n')
+        # the no-op fast path's record of the deployed state (roles/core_kernel/tasks/record.yml)
+        (self.evidence_root / restore.APPLIED_RECORD).write_text('{"state": "x"}\n')
 
     def argv(self, *extra: str) -> list[str]:
         return [
@@ -220,6 +222,8 @@ def test_restores_the_before_state_exactly_and_a_second_run_changes_nothing(
     # byte-identical, owner and mode included; created files, dirs and the log dir gone
     assert tree(host.root) == pristine
     assert not (host.evidence_root / "PENDING.json").exists()
+    # the record of the deployed state goes with it: the next deploy must not trust it
+    assert not (host.evidence_root / restore.APPLIED_RECORD).exists()
     # the recovery log the deploy created is kept in the rollback's evidence, root's alone
     kept = host.evidence / "rollback_20260102T000000Z/kept/var/log/quantum"
     assert (kept / "stream_recover.log").read_text() == "sweep ok\n"
@@ -268,6 +272,7 @@ def test_dry_run_lists_every_change_and_changes_nothing(
         "/opt/quantum/core-kernel/current back to releases/old",
         "keep /var/log/quantum",
         "PENDING.json",
+        restore.APPLIED_RECORD,
     ):
         assert expected in actions
     assert "would restore" in err

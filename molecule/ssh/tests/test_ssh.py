@@ -286,8 +286,27 @@ def test_a_second_run_changes_nothing(host, instance, canary):
     rc, out, _ = run(host, instance, canary, "noop", "deploy.yml")
     assert rc == 0, out[-3000:]
     assert recap(out, instance)["changed"] == 0, out[-3000:]
+    # the fast path: same inputs, same host state as the fresh deploy recorded
+    assert "unchanged since the proven deploy" in " ".join(out.split()), out[-3000:]
     # nothing restarted: the same processes with the same environment
     assert environments(host) == STATE["env_deployed"]
+
+
+def test_the_fast_path_does_not_hide_a_hand_edit_or_a_stopped_timer(host, instance, canary):
+    """The no-op fast path trusts the last proven deploy's record only while the host is in the
+    state it recorded: a drop-in edited by hand and the recovery timer stopped make the next run
+    a full one, which puts both back (a fast path that hid them would report changed=0)."""
+    dropin = "/etc/systemd/system/quantum-execution.service.d/20-core-kernel.conf"
+    want = host.file(dropin).content_string
+    host.check_output("printf 'Environment=HAND_EDIT=1\\n' >> %s", dropin)
+    host.check_output("systemctl stop quantum-stream-recover.timer")
+    rc, out, _ = run(host, instance, canary, "tampered", "deploy.yml")
+    assert rc == 0, out[-3000:]
+    assert "full run: the host state changed" in " ".join(out.split()), out[-3000:]
+    assert recap(out, instance)["changed"] > 0
+    assert host.file(dropin).content_string == want
+    assert host.service("quantum-stream-recover.timer").is_running
+    STATE["env_deployed"] = environments(host)
 
 
 def test_verify_passes(host, instance, canary):
@@ -321,6 +340,8 @@ def rollback_and_compare(host, instance, canary, name: str, evidence: str = "") 
         assert now[unit][1] == STATE["env_before"][unit][1], unit
     # the log directory the deploy created is gone; its log is kept in the rollback's evidence
     assert not host.file("/var/log/quantum").exists
+    # the fast path's record is gone with the state it described
+    assert not host.file(f"{EVIDENCE_ROOT}/APPLIED.json").exists
     kept = host.check_output("ls -d %s/rollback_*/kept/var/log/quantum", target).split()
     assert kept, "the recovery log was not kept"
     log = host.file(f"{kept[-1]}/stream_recover.log")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import sys
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -94,6 +97,27 @@ def core_kernel_unit_mismatch(
     return list(_restore().unit_mismatch(before, after, timers_only_active=timers_only_active))
 
 
+#: What the digest keeps of the state module's answer (core_kernel_state).
+_DIGEST_KEYS = ("files", "dirs", "current", "group", "owned_dirs", "users")
+
+
+def core_kernel_state_digest(state: Mapping[str, Any], volatile_units: Sequence[str] = ()) -> str:
+    """sha256 of the host state a deploy manages, as core_kernel_state read it: each managed
+    file's record (existence, type, sha256, owner, group, mode, link target), their directories,
+    the release link, the group and its members, owned directories, users, and each unit's
+    load state, enablement and whether it is active. A volatile unit (a timer's oneshot, active
+    only while its timer runs it) counts by load state and enablement alone, so two reads of a
+    host nobody touched give the same digest."""
+    units = {}
+    for name, unit in sorted(state.get("units", {}).items()):
+        kept = {"load": unit.get("LoadState", ""), "enabled": unit.get("UnitFileState", "")}
+        if name not in volatile_units:
+            kept["active"] = unit.get("ActiveState", "") == "active"
+        units[name] = kept
+    doc = {key: state.get(key) for key in _DIGEST_KEYS} | {"units": units}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -102,4 +126,5 @@ class FilterModule:
             "core_kernel_props": core_kernel_props,
             "core_kernel_restore_check": core_kernel_restore_check,
             "core_kernel_unit_mismatch": core_kernel_unit_mismatch,
+            "core_kernel_state_digest": core_kernel_state_digest,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import grp
 import hashlib
+import json
 import os
 import pwd
 import stat
@@ -53,6 +54,16 @@ options:
     type: list
     elements: str
     default: []
+  markers:
+    description: Paths whose existence alone is recorded (a release's completion marker, a
+      deploy in progress).
+    type: list
+    elements: path
+    default: []
+  record:
+    description: A JSON file (the last proven deploy's record) returned parsed; null when it is
+      missing or not a JSON object.
+    type: path
 author: quantum
 """
 
@@ -94,6 +105,14 @@ group:
   returned: always
 owned_dirs:
   description: Directory -> exists (a directory, not a file or link, at that path).
+  type: dict
+  returned: always
+markers:
+  description: Marker path -> exists.
+  type: dict
+  returned: always
+record:
+  description: The record file's JSON object, or null.
   type: dict
   returned: always
 users:
@@ -155,6 +174,17 @@ def _units(module, units):
     return result
 
 
+def _read_record(path):
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(65536))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -165,6 +195,8 @@ def main():
             "content": {"type": "bool", "default": False},
             "owned_dirs": {"type": "list", "elements": "path", "default": []},
             "users": {"type": "list", "elements": "str", "default": []},
+            "markers": {"type": "list", "elements": "path", "default": []},
+            "record": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -202,6 +234,8 @@ def main():
         content=contents,
         current=current,
         group=group,
+        markers={m: os.path.lexists(m) for m in p["markers"]},
+        record=_read_record(p["record"]),
     )
 
 

@@ -49,6 +49,10 @@ from typing import Any, TextIO
 EXIT_OK, EXIT_DIFFERS, EXIT_REFUSED, EXIT_BACKUP, EXIT_PARTIAL = 0, 1, 2, 3, 4
 DEFAULT_CURRENT_LINK = "/opt/quantum/core-kernel/current"
 DEFAULT_PENDING_MARKER = "PENDING.json"
+#: The last proven deploy's record beside the evidence (roles/core_kernel/tasks/unchanged.yml): a
+#: deploy with the same inputs on a host in the recorded state skips its work. A rollback takes
+#: the host away from that state, so it removes the record first.
+APPLIED_RECORD = "APPLIED.json"
 #: In the evidence directory while a restore is changing the host: the next run owes the
 #: restarts even if every file is already back (the run that died may not have restarted).
 IN_PROGRESS = ".restore-in-progress"
@@ -645,6 +649,13 @@ class Restore:
             if not self.dry_run:
                 self.run(argv, False)
 
+    def forget_applied(self) -> None:
+        record = self.evidence.parent / APPLIED_RECORD
+        if record.exists():
+            self.say(f"remove {record} (the host leaves the last deploy's recorded state)")
+            if not self.dry_run:
+                record.unlink()
+
     def clear_pending(self) -> None:
         marker = self.evidence.parent / self.pending_marker
         if marker.exists():
@@ -682,6 +693,7 @@ class Restore:
         restart_owed = in_progress.exists()
         if not self.dry_run:
             in_progress.write_text(f"{self.stamp}\n")
+        self.forget_applied()
         units_now = read_units(list(m.units), self.run)
         self.quiet_units(units_now)
         self.restore_files()

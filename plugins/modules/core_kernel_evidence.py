@@ -1,0 +1,1 @@
+../../roles/core_kernel/library/core_kernel_evidence.py
