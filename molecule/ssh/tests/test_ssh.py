@@ -280,6 +280,8 @@ def test_fresh_deploy(host, instance, canary):
     assert recap(out, instance)["changed"] > 0
     assert "\nMIN_NOTIONAL_USD=25\n" in host.file(ENV_FILE).content_string
     STATE["env_deployed"] = environments(host)
+    # its backup is the pristine host (the tampered run below takes a backup of its own)
+    STATE["fresh"] = host.file(f"{EVIDENCE_ROOT}/latest").linked_to
 
 
 def test_a_second_run_changes_nothing(host, instance, canary):
@@ -350,8 +352,9 @@ def rollback_and_compare(host, instance, canary, name: str, evidence: str = "") 
 
 def test_rollback_returns_the_host_byte_identical(host, instance, canary):
     """Files (sha256, owner, mode), units, users and groups as before the first deploy; the
-    services run with exactly their pre-deploy environment again."""
-    rollback_and_compare(host, instance, canary, "rollback1")
+    services run with exactly their pre-deploy environment again. Rolled back to the fresh
+    deploy's evidence, past the tampered run's."""
+    rollback_and_compare(host, instance, canary, "rollback1", STATE["fresh"])
 
 
 def test_an_interrupted_deploy_fails_verify_and_the_next_run_finishes_it(
