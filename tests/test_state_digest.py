@@ -17,13 +17,19 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "_digest_filter", PROJECT / "roles/core_kernel/filter_plugins/core_kernel.py"
-)
-assert _spec and _spec.loader
-_filters = importlib.util.module_from_spec(_spec)
-sys.modules["_digest_filter"] = _filters
-_spec.loader.exec_module(_filters)
+
+
+def load(name: str, path: str):
+    """A plugin or the restore program, by path (neither is an importable package here)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT / path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+_filters = load("_digest_filter", "roles/core_kernel/filter_plugins/core_kernel.py")
 digest = _filters.core_kernel_state_digest
 
 VOLATILE = ["quantum-stream-recover.service"]
@@ -129,11 +135,5 @@ def test_a_oneshot_not_named_volatile_counts_its_activity() -> None:
 def test_the_role_and_the_rollback_name_the_same_record() -> None:
     """A rollback (restore.py, also ROLLBACK.sh) removes the record the role writes: one name."""
     role_vars = yaml.safe_load((PROJECT / "roles/core_kernel/vars/main.yml").read_text())
-    spec = importlib.util.spec_from_file_location(
-        "_digest_restore", PROJECT / "files/kernel/src/core_kernel/restore.py"
-    )
-    assert spec and spec.loader
-    restore = importlib.util.module_from_spec(spec)
-    sys.modules["_digest_restore"] = restore
-    spec.loader.exec_module(restore)
+    restore = load("_digest_restore", "files/kernel/src/core_kernel/restore.py")
     assert role_vars["_core_kernel_applied_record"] == restore.APPLIED_RECORD
