@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, Rounded, getcontext, localcontext
 from typing import Any
 
 import pytest
@@ -52,6 +52,17 @@ def decide(over: dict[str, Any], mode: TradingMode = T) -> Decision:
     except IntentError as exc:
         return gates.rejected(exc, mode)
     return run(intent, mode=mode)
+
+
+def test_the_gates_are_exact_in_any_decimal_context_of_the_caller() -> None:
+    # A caller's 3-digit context would round the notional 24.9998 up to 25.0 and the reward
+    # 87.4999 up to 87.5 (R exactly 2.5): the gates never compute in it, and leave it as it was.
+    with localcontext(Context(prec=3)) as caller:
+        d = run(valid(qty=Decimal("0.0071428"), tp=Decimal("3587.4999")))
+        assert Reason.MIN_NOTIONAL in d.reasons and Reason.R_TOO_LOW in d.reasons, d.reasons
+        assert d.context["notional_usd"] == Decimal("24.9998")
+        assert getcontext() is caller and caller.prec == 3
+        assert caller.flags[Inexact] is False and caller.flags[Rounded] is False
 
 
 def test_valid_trade_passes() -> None:

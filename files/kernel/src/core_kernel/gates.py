@@ -556,25 +556,33 @@ def judge(
 ) -> Partial:
     """The gates that need only the intent, the config and (the exchange-data limits) what the
     exchange said (``market``), exactly, in Decimal."""
-    # The arithmetic runs in _CTX (exact for bounded inputs) through the plain operators, which
-    # are 2-3x cheaper than _CTX.multiply(...); the caller's context is restored either way.
-    caller_ctx = _getcontext()
-    _setcontext(_CTX)
-    try:
-        partial = _judge(intent, params, mode)
-        if not partial.exit_only and (
-            params.price_collar_pct is not None
-            or params.max_position_usd is not None
-            or params.max_gross_exposure_usd is not None
-        ):
+    partial = _judge(intent, params, mode)
+    if not partial.exit_only and (
+        params.price_collar_pct is not None
+        or params.max_position_usd is not None
+        or params.max_gross_exposure_usd is not None
+    ):
+        # The limits' arithmetic runs in _CTX (exact for bounded inputs) through the plain
+        # operators; the caller's context is restored either way.
+        caller_ctx = _getcontext()
+        _setcontext(_CTX)
+        try:
             _market_limits(intent, params, market, partial)
-        return partial
-    finally:
-        _setcontext(caller_ctx)
+        finally:
+            _setcontext(caller_ctx)
+    return partial
+
+
+#: The six gates' arithmetic: _CTX's own methods (exact for bounded inputs), so the judgement
+#: every admit makes switches no context - a switch allocates, and costs more than the
+#: arithmetic when timed next to the server.
+_MUL = _CTX.multiply
+_SUB = _CTX.subtract
 
 
 def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
     # Only what the verdict needs: the numbers shown with it are _gate_context's, on demand.
+    # Comparisons are exact in any context; every product and difference goes through _CTX.
     failed: set[Reason] = set()
     exit_only = intent.reduce_only
     if not exit_only:
@@ -584,7 +592,7 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
         assert move is not None and tp is not None and sl is not None
         assert model is not None and regime is not None
         price = intent.price
-        notional = price * intent.qty
+        notional = _MUL(price, intent.qty)
         # fat-finger limits (issue 14): entries only, an exit must never be stranded by them
         if params.max_notional_usd is not None and notional > params.max_notional_usd:
             failed.add(_MAX_NOTIONAL)
@@ -598,13 +606,13 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
         if notional < params.min_notional_usd:
             failed.add(_MIN_NOTIONAL)
         # 2. edge vs friction
-        if move < notional * params._edge_factor:
+        if move < _MUL(notional, params._edge_factor):
             failed.add(_EDGE)
         # 3./4. cooldown and rate need the shared state: admit.lua decides them.
         # 5. reward / risk
         reward, risk = _reward_risk(intent.side, price, tp, sl)
         min_r = params.min_r_for(regime)
-        if min_r is not None and reward < min_r * risk:
+        if min_r is not None and reward < _MUL(min_r, risk):
             failed.add(_R_TOO_LOW)
         # 6. model for regime
         if model.lower() not in params._allowed_lc.get(regime, frozenset()):
@@ -615,8 +623,8 @@ def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
 def _reward_risk(side: str, price: Decimal, tp: Decimal, sl: Decimal) -> tuple[Decimal, Decimal]:
     """An entry's reward (price to tp) and risk (price to sl), in its side's direction."""
     if side == "BUY":
-        return tp - price, price - sl
-    return price - tp, sl - price
+        return _SUB(tp, price), _SUB(price, sl)
+    return _SUB(price, tp), _SUB(sl, price)
 
 
 def _gate_context(ctx: dict[str, Any], intent: Intent, params: GateParams) -> None:

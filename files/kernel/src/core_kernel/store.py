@@ -55,6 +55,8 @@ _STORED = re.compile(
     r"([\.A-Z\:/a-z0-9_-]{1,36})"
 )
 _STATE_HOLDS = frozenset({Reason.TRADING_HALTED, Reason.REDUCING_ONLY})
+#: The stored bits that are a hold of their own (C R E X are the state outcome's, below).
+_BIT_HOLDS = {"T": Reason.TRADING_HALTED, "U": Reason.REDUCING_ONLY, "K": Reason.PRICE_COLLAR}
 #: Judged on the exchange's data now; a replay takes them from its stored bits (K, X) instead.
 _MARKET_HOLDS = frozenset({Reason.PRICE_COLLAR, Reason.MAX_POSITION})
 _NO_TRACE = IntentError({"trace_id": "missing (admit needs it to deduplicate orders)"})
@@ -109,8 +111,7 @@ class KernelStore:
         self._window_ms = self.params.rate_window_seconds * 1000
         self._enforce = self.mode is not TradingMode.LIVE
         # admit calls EVALSHA itself (redis-py's Script adds ~10 us a call on this path) and
-        # loads the script again on NOSCRIPT, as Script does: a restarted or promoted server
-        # starts with an empty script cache.
+        # loads the script again on NOSCRIPT (_reload_admit).
         self._admit_src = admit_script(self.params)
         self._admit_sha = hashlib.sha1(self._admit_src.encode()).hexdigest()  # noqa: S324
         p = self.params
@@ -235,15 +236,23 @@ class KernelStore:
         )
         if self._limits_on:
             keys_args += (self._limits_arg(partial),)
+        # EVALSHA from here, not through redis.evalsha or a helper: each frame on this path costs
+        # several times its warm price when timed next to the server (cache eviction).
         try:
-            reply = self._call_admit(keys_args)
+            try:
+                reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", self._admit_sha, self._numkeys, *keys_args
+                )
+            except NoScriptError:
+                reply = self._reload_admit(keys_args)
+            reply = reply if type(reply) is str else _text(reply)
         except (redis.RedisError, UnicodeDecodeError) as exc:
             return self._unavailable(partial, cid, "redis", f"{type(exc).__name__}: {exc}")
         found, _, reply = reply.partition(";")
         kind = reply[:1]
         # A fresh decision carries the script's own hold (bits T / U); every other reply is held
         # by the state the script found, by the same rule (gates.state_reason).
-        self._trading_state(partial, found, hold=not reply.startswith("k1|"))
+        self._trading_state(partial, found, not reply.startswith("k1|"))
         if kind == "!":
             key, _, reason = reply[1:].partition("|")
             return self._unavailable(partial, cid, key, reason)
@@ -273,12 +282,7 @@ class KernelStore:
         if replayed:
             partial.failed -= _MARKET_HOLDS
         if bits:  # empty for most decisions
-            if "T" in bits:
-                partial.failed.add(Reason.TRADING_HALTED)
-            if "U" in bits:
-                partial.failed.add(Reason.REDUCING_ONLY)
-            if "K" in bits:
-                partial.failed.add(Reason.PRICE_COLLAR)
+            partial.failed.update([_BIT_HOLDS[b] for b in bits if b in _BIT_HOLDS])
         # positional, in StateOutcome's field order: keywords cost ~0.9 us more per call here
         state = StateOutcome(
             "C" in bits,
@@ -301,16 +305,13 @@ class KernelStore:
             decision.client_order_id = stored_cid
         return self.log_decision(decision)
 
-    def _call_admit(self, keys_args: tuple[Any, ...]) -> str:
-        """EVALSHA admit.lua (its keys, then its args); on NOSCRIPT load it and call again."""
-        # execute_command directly: redis.evalsha adds two Python frames and nothing else.
-        execute = self.redis.execute_command
-        try:
-            raw = execute("EVALSHA", self._admit_sha, self._numkeys, *keys_args)  # type: ignore[no-untyped-call]
-        except NoScriptError:
-            self._admit_sha = self.redis.script_load(self._admit_src)
-            raw = execute("EVALSHA", self._admit_sha, self._numkeys, *keys_args)  # type: ignore[no-untyped-call]
-        return raw if type(raw) is str else _text(raw)
+    def _reload_admit(self, keys_args: tuple[Any, ...]) -> Any:
+        """NOSCRIPT: load admit.lua and call it again, as redis-py's Script does (a restarted or
+        promoted server starts with an empty script cache)."""
+        self._admit_sha = self.redis.script_load(self._admit_src)
+        return self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "EVALSHA", self._admit_sha, self._numkeys, *keys_args
+        )
 
     def _limits_arg(self, partial: gates.Partial) -> str:
         """admit.lua's input for the limits on exchange data (called only when one is on)."""
@@ -329,13 +330,14 @@ class KernelStore:
         spec = f"{pos}|{gross}|{add}|{limits[0]}|{limits[1]}|{self._inflight_ttl_ms}"
         return f"{held};{spec}"
 
-    def _trading_state(self, partial: gates.Partial, found: str, *, hold: bool) -> None:
+    def _trading_state(self, partial: gates.Partial, found: str, hold: bool) -> None:
         """Record the state the script found; ``hold``: apply its rule to this intent."""
-        if found.startswith("?"):
-            partial.ctx["trading_state_error"] = f"{self.state_key}: {found[1:]}"
-            found = "HALTED"
-        elif found not in gates.TRADING_STATES:
-            partial.ctx["trading_state_error"] = f"{self.state_key}: script reply {found[:40]!r}"
+        if found not in gates.TRADING_STATES:
+            partial.ctx["trading_state_error"] = (
+                f"{self.state_key}: {found[1:]}"
+                if found.startswith("?")
+                else f"{self.state_key}: script reply {found[:40]!r}"
+            )
             found = "HALTED"
         reason = gates.state_reason(found, partial.exit_only) if hold else None
         gates.apply_trading_state(partial, found, reason)
@@ -362,8 +364,11 @@ class KernelStore:
         return self.log_decision(decision)
 
     def log_decision(self, decision: Decision) -> Decision:
-        # GATE_AUDIT is a WARNING, the others INFO: nothing to format when neither is on.
-        if not log.isEnabledFor(logging.WARNING):
+        # GATE_AUDIT is a WARNING, the others INFO. With INFO off only a GATE_AUDIT could be
+        # written, and log_event gives that to no enforced decision: one level check, most times.
+        if not log.isEnabledFor(logging.INFO) and (
+            decision.enforced or not log.isEnabledFor(logging.WARNING)
+        ):
             return decision
         event = gates.log_event(decision)
         level = logging.WARNING if event == "GATE_AUDIT" else logging.INFO
