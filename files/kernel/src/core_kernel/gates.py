@@ -190,6 +190,8 @@ class GateParams:
     max_gross_exposure_usd: Decimal | None = None
     _allowed_lc: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
     _edge_factor: Decimal = field(init=False, repr=False, compare=False)
+    #: is any limit on exchange data (PRICE_COLLAR, MAX_POSITION) on?
+    market_limits_on: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # ASCII lower-casing only: the names were checked against ASCII patterns.
@@ -201,6 +203,8 @@ class GateParams:
         object.__setattr__(
             self, "_edge_factor", _CTX.multiply(self.friction_rate, self.edge_multiplier)
         )
+        limits = (self.price_collar_pct, self.max_position_usd, self.max_gross_exposure_usd)
+        object.__setattr__(self, "market_limits_on", limits != (None, None, None))
 
     def min_r_for(self, regime: str) -> Decimal | None:
         if regime == "TREND":
@@ -551,17 +555,56 @@ def _decision_context(decision: Decision) -> dict[str, Any]:
     return ctx
 
 
+#: The six gates' arithmetic: _CTX's own methods (exact for bounded inputs), so the judgement
+#: every admit makes switches no context - a switch allocates, and costs more than the
+#: arithmetic when timed next to the server.
+_MUL = _CTX.multiply
+_SUB = _CTX.subtract
+
+
 def judge(
     intent: Intent, params: GateParams, mode: TradingMode, market: Market | None = None
 ) -> Partial:
     """The gates that need only the intent, the config and (the exchange-data limits) what the
     exchange said (``market``), exactly, in Decimal."""
-    partial = _judge(intent, params, mode)
-    if not partial.exit_only and (
-        params.price_collar_pct is not None
-        or params.max_position_usd is not None
-        or params.max_gross_exposure_usd is not None
+    # Only what the verdict needs: the numbers shown with it are _gate_context's, on demand.
+    # Comparisons are exact in any context; every product and difference goes through _CTX.
+    failed: set[Reason] = set()
+    partial = Partial(failed, {}, intent.reduce_only, intent.trace_id, None, intent)
+    if intent.reduce_only:
+        return partial
+    # parse_intent guarantees these for an entry (and tp/sl on the right side of price).
+    move, tp, sl = intent.expected_move_usd, intent.tp, intent.sl
+    model, regime = intent.model, intent.regime
+    assert move is not None and tp is not None and sl is not None
+    assert model is not None and regime is not None
+    price = intent.price
+    notional = _MUL(price, intent.qty)
+    # fat-finger limits (issue 14): entries only, an exit must never be stranded by them
+    if params.max_notional_usd is not None and notional > params.max_notional_usd:
+        failed.add(_MAX_NOTIONAL)
+    if (
+        params.max_leverage is not None
+        and intent.leverage is not None
+        and intent.leverage > params.max_leverage
     ):
+        failed.add(_MAX_LEVERAGE)
+    # 1. notional
+    if notional < params.min_notional_usd:
+        failed.add(_MIN_NOTIONAL)
+    # 2. edge vs friction
+    if move < _MUL(notional, params._edge_factor):
+        failed.add(_EDGE)
+    # 3./4. cooldown and rate need the shared state: admit.lua decides them.
+    # 5. reward / risk
+    reward, risk = _reward_risk(intent.side, price, tp, sl)
+    min_r = params.min_r_for(regime)
+    if min_r is not None and reward < _MUL(min_r, risk):
+        failed.add(_R_TOO_LOW)
+    # 6. model for regime
+    if model.lower() not in params._allowed_lc.get(regime, frozenset()):
+        failed.add(_MODEL)
+    if params.market_limits_on:
         # The limits' arithmetic runs in _CTX (exact for bounded inputs) through the plain
         # operators; the caller's context is restored either way.
         caller_ctx = _getcontext()
@@ -571,53 +614,6 @@ def judge(
         finally:
             _setcontext(caller_ctx)
     return partial
-
-
-#: The six gates' arithmetic: _CTX's own methods (exact for bounded inputs), so the judgement
-#: every admit makes switches no context - a switch allocates, and costs more than the
-#: arithmetic when timed next to the server.
-_MUL = _CTX.multiply
-_SUB = _CTX.subtract
-
-
-def _judge(intent: Intent, params: GateParams, mode: TradingMode) -> Partial:
-    # Only what the verdict needs: the numbers shown with it are _gate_context's, on demand.
-    # Comparisons are exact in any context; every product and difference goes through _CTX.
-    failed: set[Reason] = set()
-    exit_only = intent.reduce_only
-    if not exit_only:
-        # parse_intent guarantees these for an entry (and tp/sl on the right side of price).
-        move, tp, sl = intent.expected_move_usd, intent.tp, intent.sl
-        model, regime = intent.model, intent.regime
-        assert move is not None and tp is not None and sl is not None
-        assert model is not None and regime is not None
-        price = intent.price
-        notional = _MUL(price, intent.qty)
-        # fat-finger limits (issue 14): entries only, an exit must never be stranded by them
-        if params.max_notional_usd is not None and notional > params.max_notional_usd:
-            failed.add(_MAX_NOTIONAL)
-        if (
-            params.max_leverage is not None
-            and intent.leverage is not None
-            and intent.leverage > params.max_leverage
-        ):
-            failed.add(_MAX_LEVERAGE)
-        # 1. notional
-        if notional < params.min_notional_usd:
-            failed.add(_MIN_NOTIONAL)
-        # 2. edge vs friction
-        if move < _MUL(notional, params._edge_factor):
-            failed.add(_EDGE)
-        # 3./4. cooldown and rate need the shared state: admit.lua decides them.
-        # 5. reward / risk
-        reward, risk = _reward_risk(intent.side, price, tp, sl)
-        min_r = params.min_r_for(regime)
-        if min_r is not None and reward < _MUL(min_r, risk):
-            failed.add(_R_TOO_LOW)
-        # 6. model for regime
-        if model.lower() not in params._allowed_lc.get(regime, frozenset()):
-            failed.add(_MODEL)
-    return Partial(failed, {}, exit_only, intent.trace_id, None, intent)
 
 
 def _reward_risk(side: str, price: Decimal, tp: Decimal, sl: Decimal) -> tuple[Decimal, Decimal]:

@@ -114,12 +114,7 @@ class KernelStore:
         # loads the script again on NOSCRIPT (_reload_admit).
         self._admit_src = admit_script(self.params)
         self._admit_sha = hashlib.sha1(self._admit_src.encode()).hexdigest()  # noqa: S324
-        p = self.params
-        self._limits_on = (p.price_collar_pct, p.max_position_usd, p.max_gross_exposure_usd) != (
-            None,
-            None,
-            None,
-        )
+        self._limits_on = self.params.market_limits_on
         # The keys every admit passes after its own two (dedup, last trade); the in-flight keys
         # only when the limits that use them are on (admit.lua reads them only then).
         self._static_keys: tuple[str, ...] = (self.trades_key, self.state_key)
@@ -225,7 +220,11 @@ class KernelStore:
             + 8 * dry
         ]
         dedup_key = self._order_prefix + trace_id if trace_id is not None else "-"
-        keys_args: tuple[str | int, ...] = (
+        # The whole command as one tuple: EVALSHA, the SHA, numkeys, the keys, then the args.
+        command: tuple[str | int, ...] = (
+            "EVALSHA",
+            self._admit_sha,
+            self._numkeys,
             dedup_key,
             self._last_trade_prefix + symbol,
             *self._static_keys,
@@ -235,16 +234,14 @@ class KernelStore:
             cid,
         )
         if self._limits_on:
-            keys_args += (self._limits_arg(partial),)
+            command += (self._limits_arg(partial),)
         # EVALSHA from here, not through redis.evalsha or a helper: each frame on this path costs
         # several times its warm price when timed next to the server (cache eviction).
         try:
             try:
-                reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", self._admit_sha, self._numkeys, *keys_args
-                )
+                reply = self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
             except NoScriptError:
-                reply = self._reload_admit(keys_args)
+                reply = self._reload_admit(command)
             reply = reply if type(reply) is str else _text(reply)
         except (redis.RedisError, UnicodeDecodeError) as exc:
             return self._unavailable(partial, cid, "redis", f"{type(exc).__name__}: {exc}")
@@ -305,13 +302,12 @@ class KernelStore:
             decision.client_order_id = stored_cid
         return self.log_decision(decision)
 
-    def _reload_admit(self, keys_args: tuple[Any, ...]) -> Any:
-        """NOSCRIPT: load admit.lua and call it again, as redis-py's Script does (a restarted or
-        promoted server starts with an empty script cache)."""
-        self._admit_sha = self.redis.script_load(self._admit_src)
-        return self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "EVALSHA", self._admit_sha, self._numkeys, *keys_args
-        )
+    def _reload_admit(self, command: tuple[Any, ...]) -> Any:
+        """NOSCRIPT: load admit.lua and send ``command`` again, as redis-py's Script does (a
+        restarted or promoted server starts with an empty script cache). The SHA is the one
+        computed at start (SHA1 of the same text)."""
+        self.redis.script_load(self._admit_src)
+        return self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def _limits_arg(self, partial: gates.Partial) -> str:
         """admit.lua's input for the limits on exchange data (called only when one is on)."""
