@@ -4,6 +4,7 @@ the server's TIME, never by sleeping."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from decimal import Decimal
@@ -109,6 +110,41 @@ def test_rate_window_on_the_server_clock(redis_client: redis.Redis) -> None:
     redis_client.zadd(TRADES, {f"old{i}": now - 600_000 - i for i in range(3)})
     assert store.admit(valid(symbol="DUSDT", trace_id="r4")).verdict is GateVerdict.PASS
     assert redis_client.zcard(TRADES) == 1  # trimmed to the window
+
+
+def test_trades_left_in_the_set_outside_the_window_are_never_counted(
+    redis_client: redis.Redis,
+) -> None:
+    # Members older than the window (left by a writer that does not trim) are never counted.
+    store = make(redis_client, MIN_HOLD_SECONDS=0)
+    now = store.server_time_ms()
+    redis_client.zadd(TRADES, {f"old{i}": now - 600_000 - i for i in range(5)})
+    redis_client.set(LAST, now)  # this symbol's last trade: this second (usually)
+    for i in range(3):
+        d = store.admit(valid(trace_id=f"w{i}"))
+        assert d.verdict is GateVerdict.PASS, d
+        assert d.context["trades_in_window"] == i
+    assert store.admit(valid(trace_id="w3")).reasons == (Reason.RATE_LIMIT,)
+
+
+def test_the_gate_line_is_written_at_its_level(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GATE_AUDIT (LIVE's would-be hold) is a WARNING: written with INFO off; GATE_HOLD / PASS
+    # are INFO: not written then, written with INFO on.
+    small = {"qty": Decimal("0.001")}  # MIN_NOTIONAL
+    live, testnet = make(redis_client, TradingMode.LIVE), make(redis_client)
+    with caplog.at_level(logging.WARNING, logger="core_kernel.gates"):
+        assert live.admit(valid(trace_id="lg1", **small)).verdict is GateVerdict.PASS
+        assert testnet.admit(valid(trace_id="lg2", symbol="BTCUSDT", **small)).verdict is (
+            GateVerdict.HOLD
+        )
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["GATE_AUDIT"]
+    assert "trace_id=lg1" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="core_kernel.gates"):
+        testnet.admit(valid(trace_id="lg3", symbol="XRPUSDT", **small))
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["GATE_HOLD"]
 
 
 def test_intent_older_than_max_age_is_expired_and_stored_held(redis_client: redis.Redis) -> None:
