@@ -251,6 +251,21 @@ def timed_pairs(fn: Any, ping: Any, n: int) -> tuple[list[int], list[int]]:
     return lat, pings
 
 
+class _Recorder:
+    """Stands in for the client of a store that only builds its commands: keeps each command
+    (the exact tuple ``KernelStore`` would send) and answers as if the script passed it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> str:
+        self.sent.append(args)
+        return "ACTIVE;k1|P|0||0|||-"
+
+    def register_script(self, _source: str) -> None:
+        return None
+
+
 def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     """admit p50 against the same run's redis-py PING p50 (goal: <= PING p50 + 50 us).
 
@@ -267,6 +282,11 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     fields (the decode timed too), and ``admit_entry_logged`` the same with the worker's INFO
     GATE_* line written (to /dev/null). ``admit_defaults_held``: the shipped defaults, every
     intent held by the rate limit.
+
+    ``script_only`` sends the very commands ``admit`` sends (built by a store of the same config
+    before timing) straight to the client: the admit script's round trip with none of the
+    kernel's Python. admit minus script_only is what the Python side costs; script_only minus
+    PING is the floor no change to the Python side can go below.
     """
     client = redis.Redis(port=port, decode_responses=True)
     cfg = load_config(environ={"MIN_HOLD_SECONDS": "0", "MAX_TRADES_10MIN": "1000000"})
@@ -277,10 +297,13 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     # three trades every intent is held - what a busy bot mostly sees.
     held_store = KernelStore(client, load_config(environ={}), TradingMode.TESTNET, key_prefix="b:")
     held_store.admit(intent(-2))
+    recorder = _Recorder()
+    rec_store = KernelStore(recorder, cfg, TradingMode.TESTNET)  # type: ignore[arg-type]
+    execute = client.execute_command
     gate_log = logging.getLogger("core_kernel.gates")
     sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
     sink.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    names = ("admit", "admit_entry", "admit_entry_logged", "admit_defaults_held")
+    names = ("admit", "script_only", "admit_entry", "admit_entry_logged", "admit_defaults_held")
     lat: dict[str, list[int]] = {k: [] for k in names}
     pings: dict[str, list[int]] = {k: [] for k in names}
     ping_alone: list[int] = []
@@ -288,7 +311,7 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     # Intents are parsed before timing for ``admit`` (admit_entry decodes its own); each variant
     # gets trace ids of its own, so none is a replay.
     per_variant = n * rounds
-    intents = [intent(i, tp="3600") for i in range(4 * per_variant)]
+    intents = [intent(i, tp="3600") for i in range(5 * per_variant)]
     fields = [
         {k.encode(): v.encode() for k, v in encode_intent(it).items()}
         for it in intents[per_variant : 3 * per_variant]
@@ -303,9 +326,15 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
         o = offset
         held = 3 * per_variant + o
         logged = per_variant + o
+        scripted = 4 * per_variant + o
+        recorder.sent.clear()
+        for i in range(n):
+            rec_store.admit(intents[scripted + i], entry_id=ids[i])
+        commands = list(recorder.sent)
         ping_alone += timed(lambda i: ping(), n)[1]
         variants: tuple[tuple[str, Any], ...] = (
             ("admit", lambda i, o=o, ids=ids: store.admit(intents[o + i], entry_id=ids[i])),
+            ("script_only", lambda i, cmds=commands: execute(*cmds[i])),
             ("admit_entry", lambda i, o=o, ids=ids: store.admit_entry(fields[o + i], ids[i])),
             (
                 "admit_entry_logged",
@@ -336,10 +365,10 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     sink.close()
     passed = client.zcard("quantum:kernel:trades")
     client.close()
-    # Every timed admit of the three recording variants (and the warm-up) must have passed and
+    # Every timed admit of the four recording variants (and the warm-up) must have passed and
     # been recorded: a run that timed a rejection would be measuring another path.
-    if passed != 3 * per_variant + 1:
-        raise SystemExit(f"bench: {passed} admits recorded, expected {3 * per_variant + 1}")
+    if passed != 4 * per_variant + 1:
+        raise SystemExit(f"bench: {passed} admits recorded, expected {4 * per_variant + 1}")
     ping_p50 = pct(pings["admit"], 0.5)
     out: dict[str, Any] = {"ping_p50_us": ping_p50, "ping_p99_us": pct(pings["admit"], 0.99)}
     out["ping_alone_p50_us"] = pct(ping_alone, 0.5)
@@ -357,6 +386,8 @@ def bench_admit_vs_ping(port: int, n: int, rounds: int) -> dict[str, Any]:
     out["admit_client_us"] = round(
         out["admit_p50_minus_ping_p50_us"] - out["admit_server_us_per_call"], 1
     )
+    # The split of admit's cost: the script's round trip (no kernel Python) and the Python side.
+    out["admit_python_us"] = round(out["admit_p50_us"] - out["script_only_p50_us"], 1)
     out["rounds"] = rounds
     out["per_round"] = n
     out["admits_recorded"] = int(passed)
@@ -435,6 +466,9 @@ def admit_summary(a: dict[str, Any]) -> str:
         f"  admit p50 - PING p50 = {diff} us   goal <= {ADMIT_GOAL_US:g} us: {verdict}\n"
         f"  of which admit script server time {a['admit_server_us_per_call']} us per call, "
         f"client {a['admit_client_us']} us\n"
+        f"  the same commands sent with no kernel Python (script_only): p50 "
+        f"{a['script_only_p50_us']} us (PING + {a['script_only_p50_minus_ping_p50_us']} us); "
+        f"the kernel's Python adds {a['admit_python_us']} us\n"
         f"admit_entry (stream fields, decode included): p50 {a['admit_entry_p50_us']} us "
         f"(PING + {a['admit_entry_p50_minus_ping_p50_us']} us) p99 {a['admit_entry_p99_us']} us\n"
         f"  with the INFO GATE_* log line: p50 {a['admit_entry_logged_p50_us']} us "
