@@ -95,19 +95,26 @@ def operator_command(inventory: Path, playbook: str, *extra: str) -> list[str]:
     return [ansible_playbook(), "-i", str(inventory), f"playbooks/{playbook}", *extra]
 
 
-def run_operator_playbook(inventory: Path, playbook: str, *extra: str) -> tuple[int, str, float]:
+def run_operator_playbook(
+    inventory: Path, playbook: str, *extra: str, answer: str | None = None
+) -> tuple[int, str, float]:
     """playbooks/<playbook> with an inventory directory as an operator has it (its own
-    connection settings, group_vars, host_vars). Returns (exit code, stdout + stderr, seconds)."""
+    connection settings, group_vars, host_vars). Returns (exit code, stdout + stderr, seconds).
+
+    ``answer``: what the operator types at ansible-playbook's prompts (-K), one line each. The
+    run gets its own session, so it has no terminal to prompt on and reads them from stdin."""
     start = time.monotonic()
     proc = subprocess.run(
         operator_command(inventory, playbook, *extra),
         cwd=PROJECT,
         env=operator_env(),
+        input=answer,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         timeout=600,
         check=False,
+        start_new_session=answer is not None,
     )
     return proc.returncode, proc.stdout, time.monotonic() - start
 

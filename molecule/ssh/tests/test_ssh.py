@@ -7,8 +7,9 @@ playbooks/deploy.yml, verify.yml and rollback.yml with that inventory, in this o
 starts from the state the one before it left):
 
   host key refused when unknown -> --check --diff -vvv (changes nothing) -> fresh deploy ->
-  second run (changed=0) -> verify -> environment kept -> rollback (byte-identical) ->
-  interrupted deploy -> verify fails -> recovery run at -vvv --diff (ps sampled) -> verify ->
+  second run (changed=0) -> hand edit found -> a sudo password by -K (in no output or file) ->
+  verify -> environment kept -> rollback (byte-identical) -> interrupted deploy -> verify fails ->
+  recovery run at -vvv --diff (ps sampled) -> verify ->
   changing redeploy at -vvv --diff -> canary sweep (outputs, ps, host filesystem, both evidence
   dirs, their modes; raw, hex and base64) -> rollback past the redeploy to the pristine host
 
@@ -42,6 +43,8 @@ EPH = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 INVENTORY = EPH / "operator"  # not EPH/inventory: that is Molecule's own
 USER = "deploy"
 HOME = f"/home/{USER}"
+#: deploy's twin (prepare.yml): the same key, but its sudo asks for a password (README step 3)
+TWIN = f"{USER}pw"
 ENV_FILE = "/etc/quantum/core_gates.env"
 SECRETS_FILE = "/etc/quantum/core_kernel.secrets.env"
 EVIDENCE_ROOT = "/var/lib/quantum/evidence"
@@ -163,20 +166,21 @@ def recap(output: str, instance: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
-def assert_remote_tmp_clean(host, output: str, *, killed: bool = False) -> None:
+def assert_remote_tmp_clean(host, output: str, *, killed: bool = False, user: str = USER) -> None:
     """Issue 12 item 5: become as a non-root SSH user leaves nothing behind."""
     for needle in CLEANUP_ERRORS:
         assert needle not in output, needle
-    foreign = host.check_output("find %s ! -user %s -printf '%%u %%p\\n'", HOME, USER)
-    assert foreign == "", f"files under {HOME} not owned by {USER}:\n{foreign}"
+    home = f"/home/{user}"
+    foreign = host.check_output("find %s ! -user %s -printf '%%u %%p\\n'", home, user)
+    assert foreign == "", f"files under {home} not owned by {user}:\n{foreign}"
     left = host.check_output(
-        "find %s/.ansible/tmp -mindepth 1 -maxdepth 1 2>/dev/null || true", HOME
+        "find %s/.ansible/tmp -mindepth 1 -maxdepth 1 2>/dev/null || true", home
     )
     if killed:
         # A killed run cannot clean up; what it left must be the user's own, removable by it.
-        host.check_output("su -s /bin/sh -c 'rm -rf ~/.ansible/tmp/*' %s", USER)
+        host.check_output("su -s /bin/sh -c 'rm -rf ~/.ansible/tmp/*' %s", user)
     else:
-        assert left == "", f"the run left {HOME}/.ansible/tmp not empty:\n{left}"
+        assert left == "", f"the run left {home}/.ansible/tmp not empty:\n{left}"
     root_tmp = host.check_output("find /root/.ansible/tmp -mindepth 1 2>/dev/null || true")
     assert root_tmp == "", f"become left files in /root/.ansible/tmp:\n{root_tmp}"
 
@@ -312,6 +316,44 @@ def test_the_fast_path_does_not_hide_a_hand_edit_or_a_stopped_timer(host, instan
     assert host.file(dropin).content_string == want
     assert host.service("quantum-stream-recover.timer").is_running
     STATE["env_deployed"] = environments(host)
+
+
+def test_a_sudo_password_given_with_K_works_and_leaks_nowhere(host, instance, canary):
+    """README step 3: a deploy user whose sudo asks for a password adds -K. The twin user's
+    sudoers really asks (the same run without -K fails at its first become); with -K, answered
+    on stdin as at a terminal, the run goes through (the fast path: nothing changed since the
+    proven deploy), every become hands the password to sudo's prompt (-S -p, never -n), and the
+    password is in no output at -vvv, command line, journal line or file on the host."""
+    sudo_pw = (EPH / "sudo_canary").read_text(encoding="utf-8").strip()
+    assert len(sudo_pw) >= 24, "prepare did not write the sudo canary"
+    twin = ("-e", f"ansible_user={TWIN}")
+    rc, out, _ = run_operator_playbook(INVENTORY, "deploy.yml", *twin)
+    assert rc != 0 and "Missing sudo password" in out, out[-3000:]
+    with PsSampler(instance, EPH / "host_ps_sudo.txt") as ps:
+        rc, out, seconds = run_operator_playbook(
+            INVENTORY, "deploy.yml", "-K", "-vvv", *twin, answer=sudo_pw + "\n"
+        )
+    RUNS.append({"run": "sudo-K", "playbook": "deploy.yml", "rc": rc, "seconds": round(seconds, 1)})
+    OUTPUTS["sudo-K"] = out
+    print(f"\nssh-timing sudo-K: deploy.yml -K -vvv rc={rc} {seconds:.1f} s")
+    assert rc == 0, out[-3000:]
+    assert "unchanged since the proven deploy" in " ".join(out.split()), out[-3000:]
+    assert f"ESTABLISH SSH CONNECTION FOR USER: {TWIN}" in out, "the run was not the twin's"
+    assert re.search(r"sudo -H -S -p ", out), "no become went through sudo's password prompt"
+    assert "sudo -H -S -n" not in out, "a become ran without the password"
+    assert ps.count >= 5 and any("BECOME-SUCCESS" in sample for sample in ps.samples)
+    journal = subprocess.run(
+        ["podman", "exec", instance, "journalctl", "--no-pager", "-o", "cat"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert f"{TWIN} : " in journal, "sudo logged none of the twin's commands: the sweep is blind"
+    for name, text in (("output", out), ("journal", journal), *(("ps", s) for s in ps.samples)):
+        assert leaked(sudo_pw, text) == [], f"the sudo password is in the {name}"
+    assert grep_host(instance, sudo_pw, "/") == [], "the sudo password is in a file on the host"
+    assert leaked(canary, out) == []
+    assert_remote_tmp_clean(host, out, user=TWIN)
 
 
 def test_verify_passes(host, instance, canary):
