@@ -96,6 +96,16 @@ def leaked(secret: str, text: str) -> list[str]:
     return [name for name, form in disguises(secret).items() if form in text]
 
 
+def host_journal(instance: str) -> str:
+    """Every journal message on the host, as text."""
+    return subprocess.run(
+        ["podman", "exec", instance, "journalctl", "--no-pager", "-o", "cat"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+
+
 def snapshot(host) -> dict[str, object]:
     return json.loads(host.check_output("python3 /root/snapshot.py"))
 
@@ -342,12 +352,7 @@ def test_a_sudo_password_given_with_K_works_and_leaks_nowhere(host, instance, ca
     assert re.search(r"sudo -H -S -p ", out), "no become went through sudo's password prompt"
     assert "sudo -H -S -n" not in out, "a become ran without the password"
     assert ps.count >= 5 and any("BECOME-SUCCESS" in sample for sample in ps.samples)
-    journal = subprocess.run(
-        ["podman", "exec", instance, "journalctl", "--no-pager", "-o", "cat"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    journal = host_journal(instance)
     assert f"{TWIN} : " in journal, "sudo logged none of the twin's commands: the sweep is blind"
     for name, text in (("output", out), ("journal", journal), *(("ps", s) for s in ps.samples)):
         assert leaked(sudo_pw, text) == [], f"the sudo password is in the {name}"
@@ -549,12 +554,7 @@ def test_the_canary_is_nowhere_outside_the_secret_files(host, instance, canary):
         # the kernel's secret files: root's alone
         if path.startswith(("/etc/quantum/", EVIDENCE_ROOT)):
             assert host.file(path).user == "root" and host.file(path).mode & 0o077 == 0, path
-    journal = subprocess.run(
-        ["podman", "exec", instance, "journalctl", "--no-pager", "-o", "cat"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    journal = host_journal(instance)
     assert journal and leaked(canary, journal) == [], "the Redis password is in the journal"
 
     # the host's evidence: directories 0700, files root's alone (0600, scripts 0700)
